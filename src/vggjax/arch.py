@@ -1,0 +1,265 @@
+"""VGG architectures as data: specs, the paper's named configurations, parsing, width.
+
+A VGG is a sequence of blocks. The plain form of a block is the d2l chapter's
+``(num_convs, out_channels)`` pair: ``num_convs`` 3×3 convolutions (padding 1, each
+followed by ReLU) and then a 2×2 max-pool with stride 2. The extended form
+``(num_convs, out_channels, kernels)`` gives the kernel size of each conv, either one
+odd int for all of them or a tuple with one odd int per conv; padding is always
+``kernel // 2`` so convolutions keep the spatial size. Configuration C of the VGG
+paper needs it: its blocks 3–5 end in a 1×1 conv, written ``(3, 256, (3, 3, 1))``.
+
+Both forms print and parse as Python literals, e.g. on the command line::
+
+    --arch "((1,16),(1,32),(2,64),(2,128),(2,128))"
+    --arch "((1,64),(1,128),(3,256,(3,3,1)),(3,512,(3,3,1)),(3,512,(3,3,1)))"
+
+This module knows nothing of JAX; models, summaries and receptive fields derive from
+the specs defined here.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+from collections.abc import Sequence
+
+from vggjax.errors import ArchError
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """One VGG block: convs at one channel count, then a 2×2 stride-2 max-pool.
+
+    Attributes:
+      channels: output channels of every conv in the block.
+      kernels: kernel size (pixels, square, odd) of each conv; its length is the
+        number of convs.
+    """
+
+    channels: int
+    kernels: tuple[int, ...]
+
+    @property
+    def num_convs(self) -> int:
+        """Number of convolutions in the block."""
+        return len(self.kernels)
+
+    def to_tuple(self) -> tuple:
+        """The block as a literal: ``(n, c)`` when all kernels are 3, else ``(n, c, k)``."""
+        if all(k == 3 for k in self.kernels):
+            return (self.num_convs, self.channels)
+        if len(set(self.kernels)) == 1:
+            return (self.num_convs, self.channels, self.kernels[0])
+        return (self.num_convs, self.channels, self.kernels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """A whole VGG feature extractor: blocks plus the per-conv options of a variant.
+
+    Attributes:
+      blocks: the blocks, input to output.
+      batch_norm: BatchNorm between each conv and its ReLU (torchvision's ``vgg*_bn``).
+      lrn: local response normalisation after the first conv (the paper's A-LRN).
+      name: the named configuration this came from, if any (e.g. ``"vgg11_bn"``).
+    """
+
+    blocks: tuple[Block, ...]
+    batch_norm: bool = False
+    lrn: bool = False
+    name: str | None = None
+
+    def to_tuple(self) -> tuple:
+        """The blocks as the literal the d2l chapter writes, e.g. ``((1, 64), (1, 128))``."""
+        return tuple(b.to_tuple() for b in self.blocks)
+
+    def __str__(self) -> str:
+        return str(self.to_tuple()).replace(" ", "")
+
+    @property
+    def min_input_size(self) -> int:
+        """Smallest input side (pixels) for which no pool sees an empty map: 2**len(blocks)."""
+        return 2 ** len(self.blocks)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the last feature map."""
+        return self.blocks[-1].channels
+
+
+def names() -> list[str]:
+    """All accepted architecture names, e.g. ``A``, ``A-LRN``, ``vgg16``, ``vgg16_bn``."""
+    out = [*PAPER_CONFIGS, "A-LRN"]
+    for alias in ALIASES:
+        out += [alias, f"{alias}_bn"]
+    return out
+
+
+def blocks_from_tuple(spec: Sequence) -> list[Block]:
+    """Validates a literal arch (plain or extended form) and returns its blocks.
+
+    Args:
+      spec: a sequence of ``(num_convs, channels)`` or ``(num_convs, channels, kernels)``.
+
+    Raises:
+      ArchError: if the spec is empty or a block has a wrong length, a non-integer,
+        zero or negative count, or an even or non-positive kernel size.
+    """
+    if not isinstance(spec, Sequence) or isinstance(spec, str) or not spec:
+        raise ArchError(f"arch must be a non-empty tuple of (num_convs, channels) pairs, got {spec!r}")
+    blocks = []
+    for i, item in enumerate(spec, 1):
+        where = f"block {i} {item!r}"
+        if not isinstance(item, Sequence) or isinstance(item, str) or len(item) not in (2, 3):
+            raise ArchError(f"{where}: expected (num_convs, channels) or (num_convs, channels, kernels)")
+        num_convs, channels = item[0], item[1]
+        for label, value in (("num_convs", num_convs), ("channels", channels)):
+            if not _is_int(value) or value < 1:
+                raise ArchError(f"{where}: {label} must be a positive integer, got {value!r}")
+        kernels = item[2] if len(item) == 3 else 3
+        if _is_int(kernels):
+            kernels = (kernels,) * num_convs
+        if not isinstance(kernels, Sequence) or len(kernels) != num_convs:
+            raise ArchError(f"{where}: kernels must be an int or a tuple of {num_convs} ints")
+        for k in kernels:
+            if not _is_int(k) or k < 1 or k % 2 == 0:
+                raise ArchError(f"{where}: kernel sizes must be odd positive integers, got {k!r}")
+        blocks.append(Block(channels=channels, kernels=tuple(kernels)))
+    return blocks
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _plain(*pairs: tuple) -> tuple[Block, ...]:
+    return tuple(blocks_from_tuple(pairs))
+
+
+# The VGG paper (Simonyan & Zisserman 2014), Table 1: ConvNet configurations A–E.
+PAPER_CONFIGS: dict[str, tuple[Block, ...]] = {
+    "A": _plain((1, 64), (1, 128), (2, 256), (2, 512), (2, 512)),
+    "B": _plain((2, 64), (2, 128), (2, 256), (2, 512), (2, 512)),
+    "C": _plain((2, 64), (2, 128), (3, 256, (3, 3, 1)), (3, 512, (3, 3, 1)), (3, 512, (3, 3, 1))),
+    "D": _plain((2, 64), (2, 128), (3, 256), (3, 512), (3, 512)),
+    "E": _plain((2, 64), (2, 128), (4, 256), (4, 512), (4, 512)),
+}
+# torchvision's names for the paper's configurations.
+ALIASES: dict[str, str] = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
+# The d2l chapter's thin VGG-11 for Fashion-MNIST: vgg11 at width 0.25.
+D2L_THIN = ((1, 16), (1, 32), (2, 64), (2, 128), (2, 128))
+
+
+def scale_width(blocks: Sequence[Block], width: float) -> tuple[Block, ...]:
+    """Multiplies every block's channels by ``width`` (rounded, at least 1).
+
+    ``scale_width(vgg11, 0.25)`` is the d2l chapter's thin VGG-11 (16/32/64/128/128).
+
+    Raises:
+      ArchError: if ``width`` is not a positive number.
+    """
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+        raise ArchError(f"width multiplier must be > 0, got {width!r}; 1.0 keeps the paper's channels")
+    return tuple(dataclasses.replace(b, channels=max(1, int(b.channels * width + 0.5))) for b in blocks)
+
+
+def get_arch(spec: str | Sequence | Arch, *, width: float = 1.0, batch_norm: bool | None = None) -> Arch:
+    """Resolves a name, a literal string or a tuple into an :class:`Arch`.
+
+    Args:
+      spec: a name (``vgg11``…``vgg19``, ``vgg11_bn``…``vgg19_bn``, ``A``…``E``,
+        ``A-LRN``; case-insensitive), a literal string such as
+        ``"((1,16),(1,32),(2,64),(2,128),(2,128))"``, a tuple in that form, or an Arch.
+      width: width multiplier applied to every block's channels.
+      batch_norm: force BatchNorm on or off; None keeps what the name says.
+
+    Raises:
+      ArchError: for an unknown name, a string that is not a valid literal, or an
+        invalid spec (see :func:`blocks_from_tuple`), or a width <= 0.
+    """
+    if isinstance(spec, Arch):
+        arch = spec
+    elif isinstance(spec, str) and spec.strip()[:1] in "([":
+        arch = Arch(tuple(blocks_from_tuple(_literal(spec))))
+    elif isinstance(spec, str):
+        arch = _named(spec.strip())
+    else:
+        arch = Arch(tuple(blocks_from_tuple(spec)))
+    blocks = scale_width(arch.blocks, width) if width != 1.0 else arch.blocks
+    bn = arch.batch_norm if batch_norm is None else batch_norm
+    return dataclasses.replace(arch, blocks=blocks, batch_norm=bn)
+
+
+def _literal(text: str) -> object:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
+        raise ArchError(
+            f"cannot parse arch {text!r} ({type(e).__name__}); write it like "
+            '"((1,16),(1,32),(2,64),(2,128),(2,128))" or use a name such as vgg11'
+        ) from None
+
+
+def _named(name: str) -> Arch:
+    key = name.lower()
+    bn = key.endswith("_bn")
+    base = key.removesuffix("_bn")
+    if base in ALIASES:
+        return Arch(PAPER_CONFIGS[ALIASES[base]], batch_norm=bn, name=key)
+    if not bn and name.upper() in PAPER_CONFIGS:
+        return Arch(PAPER_CONFIGS[name.upper()], name=name.upper())
+    if not bn and name.upper() == "A-LRN":
+        return Arch(PAPER_CONFIGS["A"], lrn=True, name="A-LRN")
+    raise ArchError(
+        f"unknown arch {name!r}; use one of {', '.join(names())} "
+        'or a literal such as "((1,16),(1,32),(2,64),(2,128),(2,128))"'
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One layer of the feature extractor, as the receptive-field and summary code see it.
+
+    Attributes:
+      kind: ``"conv"``, ``"bn"``, ``"relu"``, ``"lrn"`` or ``"pool"``.
+      name: the VGG name: ``conv{b}_{i}``, ``bn{b}_{i}``, ``relu{b}_{i}``, ``lrn``,
+        ``pool{b}`` (b = block, i = conv in the block, both from 1).
+      block: the block number, from 1.
+      kernel: kernel side in pixels (1 for point-wise layers).
+      stride: stride in pixels.
+      padding: zero padding on each side in pixels.
+      channels: output channels.
+    """
+
+    kind: str
+    name: str
+    block: int
+    kernel: int
+    stride: int
+    padding: int
+    channels: int
+
+
+def layers(arch: Arch) -> list[Layer]:
+    """The feature extractor's layers in order: conv, [bn], relu, [lrn], …, pool per block."""
+    out: list[Layer] = []
+    for b, block in enumerate(arch.blocks, 1):
+        for i, k in enumerate(block.kernels, 1):
+            c = block.channels
+            out.append(Layer("conv", f"conv{b}_{i}", b, k, 1, k // 2, c))
+            if arch.batch_norm:
+                out.append(Layer("bn", f"bn{b}_{i}", b, 1, 1, 0, c))
+            out.append(Layer("relu", f"relu{b}_{i}", b, 1, 1, 0, c))
+            if arch.lrn and b == 1 and i == 1:
+                out.append(Layer("lrn", "lrn", b, 1, 1, 0, c))
+        out.append(Layer("pool", f"pool{b}", b, 2, 2, 0, block.channels))
+    return out
+
+
+_NAME = re.compile(r"^(conv|relu|bn)(\d+)_(\d+)$|^pool(\d+)$|^fc[678]$")
+
+
+def is_layer_name(name: str) -> bool:
+    """Whether ``name`` has the form of a VGG layer name (``conv3_2``, ``pool4``, ``fc7``)."""
+    return bool(_NAME.match(name))

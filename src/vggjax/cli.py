@@ -1,0 +1,126 @@
+"""The ``vggjax`` command: thin argparse front end over the library.
+
+Every user error (a :class:`~vggjax.errors.VggjaxError`) becomes one line on stderr,
+``error: <what was wrong and how to fix it>``, and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+
+from vggjax.errors import VggjaxError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", help="name (vgg11, vgg16_bn, A-LRN, ...) or literal '((1,16),(1,32),...)'")
+    p.add_argument("--width", type=float, help="width multiplier on every block's channels")
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a VGG on Fashion-MNIST", description="Train a VGG on Fashion-MNIST."
+    )
+    p.add_argument("--preset", default="default", help="default (2-core CPU) or d2l (the chapter's setting)")
+    _add_model_args(p)
+    p.add_argument("--image-size", type=int, help="model input side in pixels")
+    p.add_argument("--head", choices=["flatten", "adaptive"])
+    p.add_argument("--init", dest="init_scheme", choices=["he", "torchvision", "lecun"])
+    p.add_argument("--dropout", dest="dropout_rate", type=float)
+    p.add_argument("--hidden", type=int, help="width of fc6 and fc7")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--eval-batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=["constant", "cosine"])
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files")
+    p.add_argument("--limit-train", type=int, metavar="N", help="use the first N training examples")
+    p.add_argument("--limit-test", type=int, metavar="N", help="use the first N test examples")
+    p.add_argument("--out", help="run folder (default runs/<timestamp>)")
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vggjax.config import TrainConfig, get_preset
+    from vggjax.train import describe, train_and_evaluate
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    config = dataclasses.replace(get_preset(args.preset), **overrides).validate()
+    out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"preset {args.preset}: {describe(config)}\nrun folder: {out}", flush=True)
+    final = train_and_evaluate(config, out, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"test accuracy {final['val_acc']:.4f} after {final['epoch']} epochs; results in {out}")
+    return 0
+
+
+def _summary_parser(sub) -> None:
+    p = sub.add_parser(
+        "summary",
+        help="per-layer output shapes, parameters and MACs",
+        description="Per-layer output shapes, parameters and MACs of a VGG.",
+    )
+    _add_model_args(p)
+    p.set_defaults(arch="vgg11", width=1.0)
+    p.add_argument("--input-size", type=int, default=224, help="input side in pixels")
+    p.add_argument("--channels", type=int, default=1, help="input channels")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--head", default="flatten", choices=["flatten", "adaptive", "none"])
+    p.add_argument("--pooling", choices=["avg", "max"], help="global pooling with --head none")
+    p.add_argument("--detail", action="store_true", help="one row per conv, ReLU and pool")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_summary)
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from vggjax.arch import get_arch
+    from vggjax.summary import format_table, summarize, to_json
+
+    rows = summarize(
+        get_arch(args.arch, width=args.width),
+        input_size=args.input_size,
+        channels=args.channels,
+        num_classes=args.num_classes,
+        head=None if args.head == "none" else args.head,
+        pooling=args.pooling,
+        detail=args.detail,
+    )
+    print(to_json(rows) if args.json else format_table(rows))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vggjax`` argument parser with all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="vggjax", description="VGG networks in JAX/Flax: build, inspect, train."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _train_parser(sub)
+    _summary_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except VggjaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Training configuration: one frozen dataclass, named presets, validation.
+
+A run's config is printed at start and saved as ``<run>/config.json``; command-line
+flags override fields of a preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from vggjax.arch import Arch, get_arch
+from vggjax.errors import ConfigError
+from vggjax.models import HEADS, INITS
+
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run.
+
+    Attributes:
+      arch: arch name (``vgg11``, ``vgg16_bn``, ``A-LRN`` …) or literal
+        (``"((1,16),(1,32),(2,64),(2,128),(2,128))"``).
+      width: width multiplier on every block's channels (0.25 gives the d2l thin VGG-11).
+      image_size: model input side in pixels; 28×28 images are resized bilinearly.
+      head: ``"flatten"`` (d2l) or ``"adaptive"`` (torchvision).
+      hidden: width of fc6 and fc7.
+      dropout_rate: dropout after fc6 and fc7.
+      init_scheme: ``"he"``, ``"torchvision"`` or ``"lecun"`` (see ``models.initializers``).
+      epochs: passes over the training set.
+      batch_size: training examples per step.
+      eval_batch_size: test examples per evaluation batch (the last one is padded and masked).
+      lr: peak learning rate of SGD.
+      momentum: SGD momentum (0 is plain SGD).
+      weight_decay: L2 penalty added to the gradient, as PyTorch's SGD does.
+      schedule: ``"constant"`` or ``"cosine"`` decay to 0 over the run.
+      warmup_epochs: linear warm-up from 0 to ``lr`` over this many epochs.
+      seed: seeds init, data order and dropout.
+      data_dir: folder holding the four Fashion-MNIST IDX files (None searches).
+      limit_train: use only the first N training examples.
+      limit_test: use only the first N test examples.
+    """
+
+    arch: str = "vgg11"
+    width: float = 0.25
+    image_size: int = 32
+    head: str = "flatten"
+    hidden: int = 4096
+    dropout_rate: float = 0.5
+    init_scheme: str = "he"
+    epochs: int = 4
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    seed: int = 0
+    data_dir: str | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+
+    def resolved_arch(self) -> Arch:
+        """The :class:`~vggjax.arch.Arch` this config trains (width applied)."""
+        return get_arch(self.arch, width=self.width)
+
+    def validate(self) -> TrainConfig:
+        """Checks every field; returns self so calls chain.
+
+        Raises:
+          ConfigError: for a value out of range, naming the flag and how to fix it.
+          ArchError: for an invalid arch or width, or an image size below the arch's minimum.
+        """
+        arch = self.resolved_arch()
+        positive = ("epochs", "batch_size", "eval_batch_size", "image_size", "hidden")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{_flag(name)} must be a positive integer, got {value!r}")
+        for name in ("limit_train", "limit_test"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{_flag(name)} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum!r}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.dropout_rate < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout_rate!r}")
+        if not self.warmup_epochs >= 0:
+            raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs!r}")
+        choices = {"schedule": SCHEDULES, "head": HEADS[:2], "init_scheme": INITS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"--{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        if self.image_size < arch.min_input_size:
+            raise ConfigError(
+                f"--image-size {self.image_size} is too small for {len(arch.blocks)} 2x2 max-pools; "
+                f"use at least {arch.min_input_size}"
+            )
+        return self
+
+    def to_json(self) -> str:
+        """The config as indented JSON (the content of ``config.json``)."""
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Builds a config from ``config.json`` content.
+
+        Raises:
+          ConfigError: for a key that is not a config field.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(names)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Reads ``config.json``.
+
+        Raises:
+          ConfigError: if the file is missing or not valid JSON.
+        """
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from None
+
+
+def _flag(name: str) -> str:
+    return {"dropout_rate": "dropout", "init_scheme": "init"}.get(name, name).replace("_", "-")
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # Default: thin VGG-11 at 32×32, tuned for a 2-core CPU.
+    #   vggjax train
+    "default": TrainConfig(),
+    # The d2l chapter's exact setting: thin VGG-11 at 224×224, batch 128, plain SGD
+    # with lr 0.01, 10 epochs; for a GPU.
+    #   vggjax train --preset d2l
+    "d2l": TrainConfig(
+        image_size=224,
+        epochs=10,
+        batch_size=128,
+        lr=0.01,
+        momentum=0.0,
+        weight_decay=0.0,
+        schedule="constant",
+        init_scheme="he",
+    ),
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    """A named preset.
+
+    Raises:
+      ConfigError: for an unknown name, listing the known ones.
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,382 @@
+"""Fashion-MNIST: find, download, read and batch the official IDX files (numpy only).
+
+Each file may be gzipped or raw, named with or without ``.gz`` (gzip is recognised by
+content). Bad data raises :class:`~vggjax.errors.DataError`, one line naming the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import math
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from tqdm import tqdm
+
+from vggjax.errors import ConfigError, DataError
+
+CLASS_NAMES: tuple[str, ...] = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+FILES: dict[str, tuple[str, str]] = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# MD5 of the files as served from URL. Debian ships the same payload re-gzipped without
+# the stored file name (24 bytes shorter), so its .gz files have other checksums; they
+# are only checked by download(), never when reading.
+MD5: dict[str, str] = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83fd310",
+}
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+ENV_VAR = "VGGJAX_DATA"
+IMAGE_SIZE = 28
+NUM_CLASSES = len(CLASS_NAMES)
+
+_ALL_FILES = tuple(name for pair in FILES.values() for name in pair)
+HOW_TO_GET = (
+    "install it with `sudo apt-get install dataset-fashion-mnist`, or download "
+    f"{', '.join(_ALL_FILES)} from {URL} into a directory and pass --data-dir DIR "
+    f"or set {ENV_VAR}=DIR"
+)
+_REPLACE = f"replace it with the official file from {URL}"
+_PUT_FILES = f"put {', '.join(_ALL_FILES)} there (gzipped or not), or choose another directory"
+
+
+def cache_dir() -> Path:
+    """Download cache: ``$XDG_CACHE_HOME/vggjax/fashion-mnist`` or ``~/.cache/vggjax/...``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "vggjax" / "fashion-mnist"
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file of unsigned bytes, gzipped or raw (gzip recognised by content).
+
+    Args:
+        path: the file to read; its name does not matter.
+
+    Returns:
+        ``uint8[d0, ..., dk]``, the 1 to 4 dimensions declared in the header.
+
+    Raises:
+        DataError: unreadable file, not IDX, not uint8, or gzip stream or payload
+            truncated or too long.
+    """
+    path, gzipped = Path(path), False
+    try:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, zlib.error, OSError) as e:
+        if not gzipped:
+            raise DataError(f"cannot read {path} ({e}); check the path and permissions") from None
+        raise DataError(f"{path}: truncated or corrupt gzip stream ({e}); {_REPLACE}") from None
+    return _parse_idx(raw, path)
+
+
+def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
+    """Check an IDX header against the payload and return the payload as an array."""
+    if len(raw) < 4 or raw[:2] != b"\0\0":
+        raise DataError(f"{path}: not an IDX file (starts with {raw[:4]!r}); {_REPLACE}")
+    code, ndim = raw[2], raw[3]
+    if code != 0x08:
+        raise DataError(f"{path}: IDX data type 0x{code:02x} is not uint8 (0x08); {_REPLACE}")
+    if not 1 <= ndim <= 4:
+        raise DataError(f"{path}: IDX header declares {ndim} dimensions, not 1 to 4; {_REPLACE}")
+    start = 4 + 4 * ndim
+    if len(raw) < start:
+        raise DataError(f"{path}: IDX header truncated at {len(raw)} bytes; {_REPLACE}")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected, got = math.prod(dims), len(raw) - start
+    if got != expected:
+        raise DataError(
+            f"{path}: {'truncated' if got < expected else 'too long'}: header declares shape "
+            f"{dims} = {expected} data bytes but the file holds {got}; {_REPLACE}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims).copy()
+
+
+def _locate(directory: Path, name: str) -> Path | None:
+    """``directory/name`` (``.gz``) or its raw twin without ``.gz``, whichever exists."""
+    gz, raw = directory / name, directory / name.removesuffix(".gz")
+    return gz if gz.is_file() else raw if raw.is_file() else None
+
+
+def _missing(directory: Path) -> list[str]:
+    return [name for name in _ALL_FILES if _locate(directory, name) is None]
+
+
+def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """Find the directory holding all four files, ``.gz`` or raw.
+
+    Search order: ``data_dir``, ``$VGGJAX_DATA``, :data:`DEBIAN_DIR`, :func:`cache_dir`.
+
+    Args:
+        data_dir: a directory the user chose; if given it must hold the files.
+
+    Returns:
+        The first directory holding all four files, or ``None``.
+
+    Raises:
+        DataError: ``data_dir`` or ``$VGGJAX_DATA`` is set but lacks files (an explicit
+            choice is never silently skipped).
+    """
+    for chosen, what in ((data_dir, "data directory"), (os.environ.get(ENV_VAR), f"${ENV_VAR}")):
+        if chosen is None or str(chosen) == "":
+            continue
+        directory = Path(chosen).expanduser()
+        missing = _missing(directory) if directory.is_dir() else None
+        if missing is None:
+            raise DataError(f"{what} {directory} does not exist; create it and {_PUT_FILES}")
+        if missing:
+            raise DataError(f"{what} {directory} lacks {', '.join(missing)}; {_PUT_FILES}")
+        return directory
+    for directory in (DEBIAN_DIR, cache_dir()):
+        if directory.is_dir() and not _missing(directory):
+            return directory
+    return None
+
+
+def _fetch(url: str, out: BinaryIO, name: str, progress: bool, timeout: float) -> str:
+    """Stream ``url`` into the open file ``out``; return the md5 of what was written."""
+    digest = hashlib.md5()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress) as bar:
+                while chunk := resp.read(1 << 16):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        is_http = isinstance(e, urllib.error.HTTPError)
+        reason = e.reason if isinstance(e, urllib.error.URLError) and not is_http else e
+        raise DataError(f"could not download {url} ({reason}); {HOW_TO_GET}") from None
+    return digest.hexdigest()
+
+
+def _file_md5(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.md5(f.read()).hexdigest()
+
+
+def download(
+    dest_dir: str | os.PathLike,
+    *,
+    base_url: str = URL,
+    progress: bool = True,
+    timeout: float = 30,
+    md5: Mapping[str, str] | None = None,
+) -> Path:
+    """Download the four files into ``dest_dir``, verifying each MD5.
+
+    Each file is written to a temporary file in ``dest_dir`` and renamed into place only
+    once its checksum matches; files already present with the right checksum are skipped.
+
+    Args:
+        dest_dir: directory to download into; created if missing.
+        base_url: where the files are served; the file name is appended.
+        progress: show a tqdm progress bar per file.
+        timeout: socket timeout in seconds.
+        md5: expected checksum per file name; defaults to :data:`MD5`.
+
+    Returns:
+        ``dest_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        DataError: ``dest_dir`` not writable, network failure or wrong checksum; no
+            partial file is left behind.
+    """
+    md5 = MD5 if md5 is None else md5
+    dest = Path(dest_dir).expanduser()
+    for name in _ALL_FILES:
+        final, url, tmp_path = dest / name, base_url.rstrip("/") + "/" + name, None
+        if final.is_file() and _file_md5(final) == md5[name]:
+            continue
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=dest, suffix=".part", delete=False) as tmp:
+                tmp_path = Path(tmp.name)
+                got = _fetch(url, tmp, name, progress, timeout)
+            if got != md5[name]:
+                raise DataError(
+                    f"downloaded {name} from {url} has md5 {got}, expected {md5[name]}; "
+                    f"the download is corrupt, try again later or {HOW_TO_GET}"
+                )
+            os.replace(tmp_path, final)
+        except OSError as e:
+            raise DataError(f"cannot write {final} ({e}); {HOW_TO_GET}") from None
+        finally:
+            if tmp_path is not None:
+                tmp_path.unlink(missing_ok=True)
+    return dest
+
+
+def _resolve_dir(data_dir: str | os.PathLike | None, allow_download: bool, progress: bool) -> Path:
+    directory = find_data_dir(data_dir)
+    if directory is not None:
+        return directory
+    if not allow_download:
+        raise DataError(f"Fashion-MNIST not found in ${ENV_VAR}, {DEBIAN_DIR} or {cache_dir()}; {HOW_TO_GET}")
+    return download(cache_dir(), base_url=URL, progress=progress)
+
+
+def load_split(
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    limit: int | None = None,
+    download: bool = False,
+) -> dict[str, np.ndarray]:
+    """Load one split, checked for consistency.
+
+    Args:
+        split: ``"train"`` (60000 examples) or ``"test"`` (10000).
+        data_dir: directory holding the files; searched for (:func:`find_data_dir`) if None.
+        limit: keep only the first ``limit`` examples (at least 1).
+        download: download into :func:`cache_dir` if the files are found nowhere.
+
+    Returns:
+        ``{"image": uint8[N, 28, 28, 1], "label": int32[N]}``.
+
+    Raises:
+        DataError: unknown split, bad ``limit``, missing or malformed files, image and
+            label counts that differ, or a label outside 0..9.
+    """
+    if split not in FILES:
+        raise DataError(f"unknown split {split!r}; use one of {', '.join(map(repr, FILES))}")
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be at least 1, got {limit}; pass a positive limit or none")
+    directory = _resolve_dir(data_dir, download, progress=True)
+    image_path, label_path = (_locate(directory, n) or directory / n for n in FILES[split])
+    images, labels = read_idx(image_path), read_idx(label_path)
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{image_path}: images of shape {images.shape}, not (N, 28, 28); {_REPLACE}")
+    if labels.ndim != 1:
+        raise DataError(f"{label_path}: labels of shape {labels.shape}, not (N,); {_REPLACE}")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{image_path} holds {len(images)} images but {label_path} holds {len(labels)} "
+            f"labels; both must come from the same split: {_REPLACE}"
+        )
+    bad = np.flatnonzero(labels >= NUM_CLASSES)
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(f"{label_path}: label {labels[i]} at index {i} is not in 0..9; {_REPLACE}")
+    if limit is not None:
+        images, labels = images[:limit].copy(), labels[:limit]
+    return {"image": images[..., None], "label": labels.astype(np.int32)}
+
+
+def load_fashion_mnist(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    download: bool = True,
+    progress: bool = True,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Load both splits, downloading into :func:`cache_dir` if they are found nowhere.
+
+    Args:
+        data_dir: directory holding the files; searched for (:func:`find_data_dir`) if None.
+        limit_train: keep only the first ``limit_train`` training examples.
+        limit_test: keep only the first ``limit_test`` test examples.
+        download: allow downloading when no directory holds the files.
+        progress: show download progress bars.
+
+    Returns:
+        ``(train, test)``, each ``{"image": uint8[N, 28, 28, 1], "label": int32[N]}``.
+
+    Raises:
+        DataError: the data is missing (and ``download`` is off or fails) or malformed.
+    """
+    directory = _resolve_dir(data_dir, download, progress)
+    train = load_split("train", directory, limit=limit_train)
+    return train, load_split("test", directory, limit=limit_test)
+
+
+def num_batches(n: int, batch_size: int, *, drop_remainder: bool) -> int:
+    """Number of batches :func:`batches` yields for ``n`` examples.
+
+    Raises:
+        ConfigError: ``batch_size`` is not positive.
+    """
+    if batch_size <= 0:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}; pass a positive one")
+    return n // batch_size if drop_remainder else -(-n // batch_size)
+
+
+def batches(
+    ds: Mapping[str, np.ndarray],
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    drop_remainder: bool = False,
+    pad: bool = False,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Cut a dataset into batches; with ``shuffle``, permute the examples first.
+
+    The permutation comes from ``np.random.default_rng((seed, epoch))`` and is applied to
+    the examples before batches are cut, so batch membership changes every epoch.
+
+    Args:
+        ds: arrays with a common leading length N, e.g. ``image: uint8[N, 28, 28, 1]``.
+        batch_size: examples per batch, B.
+        shuffle: permute the examples before batching.
+        seed: shuffle seed.
+        epoch: epoch number, mixed into the shuffle seed.
+        drop_remainder: drop a last partial batch (training).
+        pad: pad a last partial batch to B by repeating example 0, and add
+            ``"mask": bool[B]`` (True for real examples) to every batch (evaluation).
+
+    Returns:
+        An iterator of dicts with the keys of ``ds`` (and ``"mask"``), arrays ``[B, ...]``.
+
+    Raises:
+        ConfigError: ``batch_size`` not positive, or both ``drop_remainder`` and ``pad``.
+        DataError: the arrays of ``ds`` differ in length.
+    """
+    num_batches(0, batch_size, drop_remainder=drop_remainder)  # checks batch_size
+    if drop_remainder and pad:
+        raise ConfigError("drop_remainder and pad contradict each other; choose one")
+    lengths = {key: len(value) for key, value in ds.items()}
+    if len(set(lengths.values())) > 1:
+        raise DataError(f"dataset arrays differ in length: {lengths}; they must all be equal")
+    n = next(iter(lengths.values()), 0)
+    order = np.random.default_rng((seed, epoch)).permutation(n) if shuffle else np.arange(n)
+    return _cut(ds, order, batch_size, drop_remainder, pad)
+
+
+def _cut(
+    ds: Mapping[str, np.ndarray], order: np.ndarray, size: int, drop: bool, pad: bool
+) -> Iterator[dict[str, np.ndarray]]:
+    for start in range(0, len(order), size):
+        index = order[start : start + size]
+        real = len(index)
+        if real < size and drop:
+            return
+        if real < size and pad:
+            index = np.concatenate([index, np.zeros(size - real, dtype=index.dtype)])
+        batch = {key: value[index] for key, value in ds.items()}
+        if pad:
+            batch["mask"] = np.arange(size) < real
+        yield batch

@@ -1,0 +1,114 @@
+"""Pure train and eval steps; the caller jits them.
+
+Batches are dicts of host arrays: ``{"image": uint8[B, H, W, C], "label": int32[B]}``,
+plus ``"mask": bool[B]`` for padded eval batches. Scaling to [0, 1] and resizing to
+the model's input size happen here, on the device, inside the jitted step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState plus the ``batch_stats`` collection (empty without BatchNorm)."""
+
+    batch_stats: Any = None
+
+
+def preprocess(images: jax.Array, image_size: int) -> jax.Array:
+    """``uint8[N, H, W, C]`` → ``float32[N, S, S, C]`` in [0, 1], ``S = image_size``.
+
+    Pixels are scaled first (255 → 1.0) and then resized bilinearly, so a resize can
+    never turn a uint8 image into zeros; the result is clipped to [0, 1].
+    """
+    x = images.astype(jnp.float32) / 255.0
+    n, h, w, c = x.shape
+    if (h, w) != (image_size, image_size):
+        x = jax.image.resize(x, (n, image_size, image_size, c), method="bilinear")
+    return jnp.clip(x, 0.0, 1.0)
+
+
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, input_shape: tuple[int, ...]
+) -> TrainState:
+    """Initialises ``params`` (and ``batch_stats``) for inputs of ``input_shape`` (NHWC).
+
+    Raises:
+      ArchError: if the input shape does not fit the model (see ``VGG``).
+    """
+    variables = model.init(rng, jnp.zeros(input_shape, jnp.float32), train=False)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=tx,
+        batch_stats=variables.get("batch_stats", {}),
+    )
+
+
+def _variables(state: TrainState) -> dict:
+    if state.batch_stats:
+        return {"params": state.params, "batch_stats": state.batch_stats}
+    return {"params": state.params}
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, image_size: int) -> tuple[TrainState, dict]:
+    """One SGD step on ``batch``; the dropout key is ``fold_in(rng, state.step)``.
+
+    Args:
+      state: the current state.
+      batch: ``{"image": uint8[B, H, W, C], "label": int32[B]}``.
+      rng: the run's base dropout key; each step folds in its step number, so every
+        step gets a fresh mask and a resumed run replays the same keys.
+      image_size: model input side in pixels (static under jit).
+
+    Returns:
+      The new state and ``{"loss": mean cross-entropy, "accuracy": fraction correct,
+      "grad_norm": global L2 norm of the gradients}`` (float32 scalars).
+    """
+    x = preprocess(batch["image"], image_size)
+    labels = batch["label"]
+    dropout_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+        variables = {**_variables(state), "params": params}
+        logits, updates = state.apply_fn(
+            variables, x, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"]
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+        "grad_norm": optax.tree.norm(grads),
+    }
+    return state, metrics
+
+
+def eval_step(state: TrainState, batch: dict, *, image_size: int) -> dict:
+    """Sums over the real (``mask``) examples of a batch: ``loss``, ``correct``, ``correct5``, ``count``.
+
+    The host adds these up over all batches and divides once, so padded batches never
+    bias the result.
+    """
+    x = preprocess(batch["image"], image_size)
+    labels = batch["label"]
+    mask = batch.get("mask", jnp.ones(labels.shape, bool)).astype(jnp.float32)
+    logits = state.apply_fn(_variables(state), x, train=False)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    return {
+        "loss": jnp.sum(loss * mask),
+        "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+        "correct5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+        "count": jnp.sum(mask),
+    }

@@ -1,0 +1,150 @@
+"""Per-layer summary of a VGG: output shape, parameters and multiply-accumulates.
+
+Computed from the :class:`~vggjax.arch.Arch` alone, in closed form (pure Python, no
+JAX): a conv with kernel k, ``C_in`` → ``C_out`` channels on an ``H × W`` output map
+has ``k·k·C_in·C_out + C_out`` parameters and ``H·W·k·k·C_in·C_out`` MACs per image;
+a dense layer ``I → O`` has ``I·O + O`` parameters and ``I·O`` MACs; BatchNorm has
+``2·C`` parameters (scale, bias; the running statistics are not parameters). Pools,
+ReLU, LRN and dropout count no MACs. Names follow the VGG paper: ``block1`` …,
+``conv1_1`` …, ``pool1`` …, ``fc6``, ``fc7``, ``fc8``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from vggjax.arch import Arch, layers
+from vggjax.errors import ArchError
+
+ADAPTIVE_SIZE = 7
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of a summary.
+
+    Attributes:
+      name: layer name (``block3``, ``conv3_2``, ``fc6``, ``relu6`` …).
+      kind: ``block``, ``conv``, ``bn``, ``relu``, ``lrn``, ``pool``, ``avgpool``,
+        ``flatten``, ``dense``, ``dropout`` or ``globalpool``.
+      output_shape: NHWC or (N, features) output shape, N = ``batch``.
+      params: trainable parameters of this layer.
+      macs: multiply-accumulates per batch.
+    """
+
+    name: str
+    kind: str
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+
+
+def summarize(
+    arch: Arch,
+    *,
+    input_size: int | tuple[int, int] = 224,
+    channels: int = 3,
+    num_classes: int = 1000,
+    head: str | None = "flatten",
+    pooling: str | None = None,
+    hidden: int = 4096,
+    batch: int = 1,
+    detail: bool = False,
+) -> list[Row]:
+    """The summary rows of a VGG, input to output.
+
+    Args:
+      arch: the architecture.
+      input_size: input side in pixels, or ``(H, W)``.
+      channels: input channels (1 for Fashion-MNIST, 3 for ImageNet).
+      num_classes: outputs of ``fc8``.
+      head: ``"flatten"``, ``"adaptive"`` or ``None`` (see ``models.VGG``).
+      pooling: with ``head=None``: ``"avg"``, ``"max"`` or ``None``.
+      hidden: width of ``fc6`` and ``fc7``.
+      batch: the leading dimension of every output shape, and the MAC multiplier.
+      detail: one row per conv, BatchNorm, ReLU, LRN and pool instead of one per block.
+
+    Raises:
+      ArchError: if the input is smaller than the arch's minimum size.
+    """
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    if min(h, w) < arch.min_input_size:
+        raise ArchError(
+            f"input {h}x{w} is too small for {len(arch.blocks)} 2x2 max-pools; "
+            f"use at least {arch.min_input_size}x{arch.min_input_size}"
+        )
+    rows: list[Row] = []
+    c = channels
+    block_params = block_macs = 0
+    for layer in layers(arch):
+        params = macs = 0
+        if layer.kind == "conv":
+            params = layer.kernel**2 * c * layer.channels + layer.channels
+            macs = batch * h * w * layer.kernel**2 * c * layer.channels
+            c = layer.channels
+        elif layer.kind == "bn":
+            params = 2 * c
+        elif layer.kind == "pool":
+            h, w = h // 2, w // 2
+        block_params += params
+        block_macs += macs
+        if detail:
+            rows.append(Row(layer.name, layer.kind, (batch, h, w, c), params, macs))
+        elif layer.kind == "pool":
+            rows.append(Row(f"block{layer.block}", "block", (batch, h, w, c), block_params, block_macs))
+        if layer.kind == "pool":
+            block_params = block_macs = 0
+    rows += _head_rows(
+        h, w, c, head=head, pooling=pooling, hidden=hidden, num_classes=num_classes, batch=batch
+    )
+    return rows
+
+
+def _head_rows(h, w, c, *, head, pooling, hidden, num_classes, batch) -> list[Row]:
+    if head is None:
+        if pooling is None:
+            return []
+        return [Row(f"global_{pooling}pool", "globalpool", (batch, c), 0, 0)]
+    rows = []
+    if head == "adaptive":
+        h = w = ADAPTIVE_SIZE
+        rows.append(Row("avgpool", "avgpool", (batch, h, w, c), 0, 0))
+    features = h * w * c
+    rows.append(Row("flatten", "flatten", (batch, features), 0, 0))
+    for name, out in (("fc6", hidden), ("fc7", hidden), ("fc8", num_classes)):
+        rows.append(Row(name, "dense", (batch, out), features * out + out, batch * features * out))
+        features = out
+        if name != "fc8":
+            n = name[2:]
+            rows.append(Row(f"relu{n}", "relu", (batch, out), 0, 0))
+            rows.append(Row(f"dropout{n}", "dropout", (batch, out), 0, 0))
+    return rows
+
+
+def totals(rows: list[Row]) -> dict[str, int]:
+    """``{"total_params": …, "total_macs": …}`` over ``rows``."""
+    return {"total_params": sum(r.params for r in rows), "total_macs": sum(r.macs for r in rows)}
+
+
+def to_json(rows: list[Row]) -> str:
+    """``{"layers": [{"name", "kind", "output_shape", "params", "macs"}, …], "total_params", "total_macs"}``."""
+    return json.dumps(
+        {
+            "layers": [{**dataclasses.asdict(r), "output_shape": list(r.output_shape)} for r in rows],
+            **totals(rows),
+        },
+        indent=2,
+    )
+
+
+def format_table(rows: list[Row]) -> str:
+    """A fixed-width text table with totals, as ``vggjax summary`` prints it."""
+    header = f"{'layer':<14}{'output shape':<22}{'params':>14}{'MACs':>18}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        shape = "(" + ", ".join(map(str, r.output_shape)) + ")"
+        lines.append(f"{r.name:<14}{shape:<22}{r.params:>14,}{r.macs:>18,}")
+    t = totals(rows)
+    lines += ["-" * len(header), f"{'total':<36}{t['total_params']:>14,}{t['total_macs']:>18,}"]
+    return "\n".join(lines)

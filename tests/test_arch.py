@@ -1,0 +1,73 @@
+import pytest
+
+from vggjax.arch import D2L_THIN, Arch, Block, get_arch, is_layer_name, layers, names, scale_width
+from vggjax.errors import ArchError
+
+
+def test_thin_vgg11_is_the_seed_tuple():
+    assert (
+        get_arch("vgg11", width=0.25).to_tuple()
+        == D2L_THIN
+        == ((1, 16), (1, 32), (2, 64), (2, 128), (2, 128))
+    )
+
+
+def test_paper_configs():
+    assert get_arch("vgg11").to_tuple() == ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
+    assert get_arch("B").to_tuple() == ((2, 64), (2, 128), (2, 256), (2, 512), (2, 512))
+    assert get_arch("vgg16").to_tuple() == ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+    assert get_arch("vgg19").to_tuple() == ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512))
+    c = get_arch("C")
+    assert c.blocks[2] == Block(256, (3, 3, 1))
+    assert c.to_tuple()[4] == (3, 512, (3, 3, 1))
+    assert get_arch("A-LRN").lrn and not get_arch("A").lrn
+    assert get_arch("vgg16_bn").batch_norm and not get_arch("vgg16").batch_norm
+
+
+@pytest.mark.parametrize("name", names())
+def test_every_name_round_trips_through_its_literal(name):
+    arch = get_arch(name, width=0.5)
+    assert get_arch(str(arch)).blocks == arch.blocks
+
+
+def test_literal_forms():
+    assert get_arch("((1,16),(1,32),(2,64),(2,128),(2,128))").to_tuple() == D2L_THIN
+    assert get_arch([[2, 8, 1]]).blocks == (Block(8, (1, 1)),)
+    assert get_arch("((2, 8, (3, 1)),)").blocks == (Block(8, (3, 1)),)
+    assert get_arch("VGG16").name == "vgg16"
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("((1,16),(1,32)", "cannot parse"),
+        ("()", "non-empty"),
+        ("((0,16),)", "num_convs must be a positive integer"),
+        ("((1,-4),)", "channels must be a positive integer"),
+        ("((1,2.5),)", "channels must be a positive integer"),
+        ("((True,8),)", "num_convs must be a positive integer"),
+        ("((1,8,2),)", "odd positive"),
+        ("((2,8,(3,3,3)),)", "tuple of 2 ints"),
+        ("((1,),)", "expected (num_convs, channels)"),
+        ("vgg12", "unknown arch 'vgg12'"),
+        ("__import__('os').system('true')", "unknown arch"),
+        ("(__import__('os'),)", "cannot parse"),
+    ],
+)
+def test_bad_specs_give_clear_errors(spec, message):
+    with pytest.raises(ArchError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        get_arch(spec)
+
+
+@pytest.mark.parametrize("width", [0, -1, float("nan")])
+def test_bad_width(width):
+    with pytest.raises(ArchError, match="width multiplier must be > 0"):
+        scale_width(get_arch("vgg11").blocks, width)
+
+
+def test_layers_use_vgg_names():
+    names_ = [layer.name for layer in layers(get_arch("vgg11_bn"))]
+    assert names_[:5] == ["conv1_1", "bn1_1", "relu1_1", "pool1", "conv2_1"]
+    assert names_[-1] == "pool5"
+    assert all(is_layer_name(n) for n in names_)
+    assert Arch(get_arch("vgg16").blocks).min_input_size == 32

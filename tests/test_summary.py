@@ -1,0 +1,75 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from vggjax.arch import get_arch
+from vggjax.errors import ArchError
+from vggjax.models import VGG
+from vggjax.summary import summarize, to_json, totals
+
+
+def test_seed_summary_vgg11_224_one_channel():
+    rows = summarize(get_arch("vgg11"), input_size=224, channels=1, num_classes=10)
+    assert [(r.name, r.output_shape) for r in rows] == [
+        ("block1", (1, 112, 112, 64)),
+        ("block2", (1, 56, 56, 128)),
+        ("block3", (1, 28, 28, 256)),
+        ("block4", (1, 14, 14, 512)),
+        ("block5", (1, 7, 7, 512)),
+        ("flatten", (1, 25088)),
+        ("fc6", (1, 4096)),
+        ("relu6", (1, 4096)),
+        ("dropout6", (1, 4096)),
+        ("fc7", (1, 4096)),
+        ("relu7", (1, 4096)),
+        ("dropout7", (1, 4096)),
+        ("fc8", (1, 10)),
+    ]
+    # By hand: conv params k*k*cin*cout + cout; dense in*out + out.
+    assert rows[0].params == 9 * 1 * 64 + 64
+    assert rows[2].params == (9 * 128 * 256 + 256) + (9 * 256 * 256 + 256)
+    assert rows[6].params == 25088 * 4096 + 4096
+    assert rows[0].macs == 224 * 224 * 9 * 64
+    assert rows[2].macs == 56 * 56 * 9 * (128 * 256 + 256 * 256)
+
+
+@pytest.mark.parametrize("name", ["vgg11", "vgg13_bn", "C", "A-LRN"])
+@pytest.mark.parametrize("size, channels, head", [(32, 1, "flatten"), (64, 3, "adaptive")])
+def test_params_equal_the_model(name, size, channels, head):
+    arch = get_arch(name, width=0.25)
+    rows = summarize(arch, input_size=size, channels=channels, num_classes=10, head=head, hidden=64)
+    model = VGG(arch, num_classes=10, head=head, hidden=64)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, channels))))
+    assert totals(rows)["total_params"] == sum(p.size for p in jax.tree.leaves(variables["params"]))
+
+
+@pytest.mark.parametrize("config, millions", [("A", 133), ("B", 133), ("C", 134), ("D", 138), ("E", 144)])
+def test_paper_table2_millions(config, millions):
+    rows = summarize(get_arch(config), input_size=224, channels=3, num_classes=1000, head="adaptive")
+    assert round(totals(rows)["total_params"] / 1e6) == millions
+
+
+def test_vgg16_macs_by_hand():
+    # VGG-16 at 224: sum over convs of H*W*9*cin*cout, plus the dense layers.
+    convs = [(224, 3, 64), (224, 64, 64), (112, 64, 128), (112, 128, 128)]
+    convs += [(56, 128, 256)] + [(56, 256, 256)] * 2 + [(28, 256, 512)] + [(28, 512, 512)] * 2
+    convs += [(14, 512, 512)] * 3
+    expected = sum(s * s * 9 * a * b for s, a, b in convs) + 25088 * 4096 + 4096 * 4096 + 4096 * 1000
+    rows = summarize(get_arch("vgg16"), input_size=224, channels=3, num_classes=1000)
+    assert totals(rows)["total_macs"] == expected == 15_470_264_320
+
+
+def test_detail_rows_and_json():
+    rows = summarize(get_arch("vgg11_bn", width=0.25), input_size=32, channels=1, detail=True)
+    names = [r.name for r in rows]
+    assert names[:4] == ["conv1_1", "bn1_1", "relu1_1", "pool1"] and "pool5" in names
+    doc = json.loads(to_json(rows))
+    assert doc["total_params"] == sum(layer["params"] for layer in doc["layers"])
+    assert doc["layers"][3]["output_shape"] == [1, 16, 16, 16]
+
+
+def test_too_small():
+    with pytest.raises(ArchError, match="at least 32x32"):
+        summarize(get_arch("vgg11"), input_size=28)
