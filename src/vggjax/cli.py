@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 from vggjax.errors import VggjaxError
+from vggjax.runtime import keep_freed_memory
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # before JAX allocates its first buffer
     try:
         return args.func(args)
     except VggjaxError as e:

@@ -128,7 +128,10 @@ def totals(rows: list[Row]) -> dict[str, int]:
 
 
 def to_json(rows: list[Row]) -> str:
-    """``{"layers": [{"name", "kind", "output_shape", "params", "macs"}, …], "total_params", "total_macs"}``."""
+    """The rows as JSON.
+
+    ``{"layers": [{"name", "kind", "output_shape", "params", "macs"}, …], "total_params", "total_macs"}``
+    """
     return json.dumps(
         {
             "layers": [{**dataclasses.asdict(r), "output_shape": list(r.output_shape)} for r in rows],
