@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from vggjax import checkpoint, parallel
+from vggjax.cli import main
 from vggjax.config import TrainConfig
 from vggjax.errors import ConfigError
 from vggjax.train import train_and_evaluate
@@ -100,6 +101,19 @@ def test_resolve_spec_from_flags_and_env():
 def test_resolve_spec_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         parallel.resolve_spec(**{"env": {}, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--coordinator", "127.0.0.1:1"], "missing --num-processes, --process-id"),
+        (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "0"], "needs --out"),
+    ],
+)
+def test_cli_multihost_flag_errors_exit_2(args, message, capsys):
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_shard_batch_on_one_device_keeps_every_row():
