@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from vggjax.errors import VggjaxError
+from vggjax.errors import ConfigError, VggjaxError
 from vggjax.runtime import keep_freed_memory
 
 
@@ -47,20 +47,56 @@ def _train_parser(sub) -> None:
     p.add_argument("--out", help="run folder (default runs/<timestamp>)")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_distributed_args(p)
     p.set_defaults(func=_train)
 
 
+def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "multi-host (jax.distributed)",
+        "Every local device is always used. To train on several hosts, start one process per host "
+        "with these flags (or VGGJAX_COORDINATOR, VGGJAX_NUM_PROCESSES, VGGJAX_PROCESS_ID).",
+    )
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    g.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process's index in [0, N)")
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        default=None,
+        help="let JAX detect what is not given (SLURM, Open MPI, Cloud TPU pod slice); VGGJAX_DISTRIBUTED=1",
+    )
+    g.add_argument(
+        "--dist-timeout", type=int, metavar="S", help="seconds to wait for all processes (default 300)"
+    )
+
+
 def _train(args: argparse.Namespace) -> int:
+    from vggjax import parallel
     from vggjax.config import TrainConfig, get_preset
     from vggjax.train import describe, train_and_evaluate
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     config = dataclasses.replace(get_preset(args.preset), **overrides).validate()
+    spec = parallel.resolve_spec(
+        coordinator=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+        auto=bool(args.distributed),
+        timeout=args.dist_timeout,
+    )
+    if spec is not None and not args.out:
+        raise ConfigError("a multi-process run needs --out, one folder that every process can reach")
+    parallel.initialize(spec)  # before anything touches a device
+    main = parallel.is_main_process()
     out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"preset {args.preset}: {describe(config)}\nrun folder: {out}", flush=True)
+    if main:
+        print(f"preset {args.preset}: {describe(config)}\nrun folder: {out}", flush=True)
+        print(parallel.describe_devices(), flush=True)
     final = train_and_evaluate(config, out, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"test accuracy {final['val_acc']:.4f} after {final['epoch']} epochs; results in {out}")
+    if main:
+        print(f"test accuracy {final['val_acc']:.4f} after {final['epoch']} epochs; results in {out}")
     return 0
 
 

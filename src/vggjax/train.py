@@ -6,6 +6,11 @@ config → data → model → jitted steps → metrics, curves and weights in ``
     run_dir/metrics.jsonl   one JSON line per epoch
     run_dir/curves.png      train loss, val loss, val accuracy against epoch
     run_dir/weights/        final Flax variables (orbax)
+
+Training is data-parallel over every device (``vggjax.parallel``): each global batch is
+split over a ``"data"`` mesh axis and the state is replicated. In a multi-process run
+every process calls this function; only process 0 logs and writes files, and all of
+them save the weights together.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
 from tqdm.auto import tqdm
 
-from vggjax import checkpoint, data
+from vggjax import checkpoint, data, parallel
 from vggjax.config import TrainConfig
 from vggjax.errors import ConfigError
 from vggjax.files import atomic_write_text, write_jsonl
@@ -61,9 +67,16 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
     )
 
 
-def evaluate(eval_fn: Callable, state: TrainState, ds: dict, batch_size: int) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy over every example of ``ds`` (padded, masked batches)."""
-    sums = [eval_fn(state, b) for b in data.batches(ds, batch_size, shuffle=False, pad=True)]
+def evaluate(
+    eval_fn: Callable, state: TrainState, ds: dict, batch_size: int, sharding: NamedSharding | None = None
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy over every example of ``ds`` (padded, masked batches).
+
+    With ``sharding`` (``parallel.batch_sharding``), each batch is split over the mesh;
+    ``eval_fn`` returns replicated sums, so every process gets the same result.
+    """
+    put = (lambda b: parallel.shard_batch(b, sharding)) if sharding is not None else (lambda b: b)
+    sums = [eval_fn(state, put(b)) for b in data.batches(ds, batch_size, shuffle=False, pad=True)]
     total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
     n = total["count"]
     return {"loss": total["loss"] / n, "acc": total["correct"] / n, "acc5": total["correct5"] / n}
@@ -98,17 +111,23 @@ def train_and_evaluate(
       run_dir: folder for ``config.json``, ``metrics.jsonl``, ``curves.png``, ``weights/``.
       overwrite: allow a non-empty ``run_dir``.
       progress: show a tqdm bar per epoch (loss and images/s).
-      log: where one-line messages go.
+      log: where one-line messages go (process 0 only).
 
     Returns:
       The last epoch's ``metrics.jsonl`` record.
 
     Raises:
-      ConfigError, ArchError: for invalid settings (before anything is written).
+      ConfigError, ArchError: for invalid settings (before anything is written), including
+        a ``batch_size`` or ``eval_batch_size`` that does not split over the devices.
       DataError: when Fashion-MNIST cannot be found, downloaded or read.
     """
     config.validate()
     run_dir = Path(run_dir)
+    mesh = parallel.data_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval_batch_size, mesh, flag="--eval-batch-size")
+    main = parallel.is_main_process()
+    progress, log = progress and main, log if main else (lambda s: None)
     train_ds, test_ds = data.load_fashion_mnist(
         config.data_dir, limit_train=config.limit_train, limit_test=config.limit_test, progress=progress
     )
@@ -118,30 +137,39 @@ def train_and_evaluate(
             f"--batch-size {config.batch_size} is larger than the {n_train} training examples; "
             "lower --batch-size or raise --limit-train"
         )
-    prepare_run_dir(run_dir, overwrite=overwrite)
-    atomic_write_text(run_dir / "config.json", config.to_json() + "\n")
+    prepare_run_dir(run_dir, overwrite=overwrite)  # every process checks before any writes
+    parallel.sync("run folder checked")
+    if main:
+        atomic_write_text(run_dir / "config.json", config.to_json() + "\n")
 
     steps_per_epoch = data.num_batches(n_train, config.batch_size, drop_remainder=True)
     model = make_model(config)
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     channels = train_ds["image"].shape[-1]
-    state = create_train_state(
+    init = functools.partial(
+        create_train_state,
         model,
         make_optimizer(config, steps_per_epoch),
-        init_rng,
-        (1, config.image_size, config.image_size, channels),
+        input_shape=(1, config.image_size, config.image_size, channels),
     )
-    train_fn = jax.jit(functools.partial(train_step, image_size=config.image_size), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(eval_step, image_size=config.image_size))
+    rep, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    state = jax.jit(init, out_shardings=rep)(init_rng)
+    train_fn = jax.jit(
+        functools.partial(train_step, image_size=config.image_size),
+        in_shardings=(rep, split, rep),
+        out_shardings=rep,
+        donate_argnums=0,
+    )
+    eval_fn = jax.jit(functools.partial(eval_step, image_size=config.image_size), out_shardings=rep)
 
     records: list[dict] = []
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         state, train_loss, train_acc = _train_epoch(
-            train_fn, state, train_ds, config, epoch, dropout_rng, steps_per_epoch, progress
+            train_fn, state, train_ds, config, epoch, dropout_rng, steps_per_epoch, progress, split
         )
         train_seconds = time.perf_counter() - start
-        val = evaluate(eval_fn, state, test_ds, config.eval_batch_size)
+        val = evaluate(eval_fn, state, test_ds, config.eval_batch_size, split)
         record = {
             "epoch": epoch,
             "step": int(state.step),
@@ -154,20 +182,24 @@ def train_and_evaluate(
             "train_images_per_s": round(steps_per_epoch * config.batch_size / train_seconds, 1),
         }
         records.append(record)
-        write_jsonl(run_dir / "metrics.jsonl", records)
-        plot_curves(records, run_dir / "curves.png")
+        if main:
+            write_jsonl(run_dir / "metrics.jsonl", records)
+            plot_curves(records, run_dir / "curves.png")
         log(
             f"epoch {epoch}/{config.epochs}: train loss {train_loss:.4f}, val loss {val['loss']:.4f}, "
             f"val acc {val['acc']:.4f}, {record['seconds']:.1f} s"
         )
-        if epoch == 1:
+        if epoch == 1 and main:
             _warn_if_stuck(train_loss, model.num_classes, log)
 
     checkpoint.save_variables(run_dir / "weights", {"params": state.params, "batch_stats": state.batch_stats})
+    if jax.process_count() > 1:
+        parallel.check_replicas_agree(state.params)
+        log(f"params identical on all {jax.process_count()} processes ({mesh.devices.size} devices)")
     return records[-1]
 
 
-def _train_epoch(train_fn, state, ds, config, epoch, dropout_rng, steps, progress):
+def _train_epoch(train_fn, state, ds, config, epoch, dropout_rng, steps, progress, sharding):
     """One pass over the shuffled training set; returns the state and epoch means."""
     batches = data.batches(
         ds, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch, drop_remainder=True
@@ -179,7 +211,7 @@ def _train_epoch(train_fn, state, ds, config, epoch, dropout_rng, steps, progres
     start = time.perf_counter()
     with bar:
         for i, batch in enumerate(batches, 1):
-            state, m = train_fn(state, batch, dropout_rng)
+            state, m = train_fn(state, parallel.shard_batch(batch, sharding), dropout_rng)
             metrics.append(m)
             bar.update()
             if i % 20 == 0 or i == steps:
