@@ -69,12 +69,24 @@ def load_run(run_dir: str | Path, checkpoint_dir: str | Path | None = None) -> L
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape, jnp.float32)))
     weights = Path(checkpoint_dir) if checkpoint_dir is not None else run_dir / "weights"
     # train.py saves both collections, batch_stats empty without BatchNorm
-    variables = checkpoint.load_variables(
-        weights, {"params": target["params"], "batch_stats": target.get("batch_stats", {})}
-    )
+    target = {"params": target["params"], "batch_stats": target.get("batch_stats", {})}
+    variables = checkpoint.load_variables(weights, target)
+    _check_shapes(variables, target, weights)
     if not variables["batch_stats"]:
         del variables["batch_stats"]
     return LoadedRun(config, model, variables)
+
+
+def _check_shapes(variables: dict, target: dict, weights: Path) -> None:
+    """orbax restores the saved shapes even when the target's differ; refuse them here."""
+    want = dict(jax.tree_util.tree_flatten_with_path(target)[0])
+    for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+        if path in want and np.shape(leaf) != want[path].shape:
+            name = "/".join(str(getattr(k, "key", k)) for k in path)
+            raise CheckpointError(
+                f"weights {weights} do not fit the model of config.json: {name} is {np.shape(leaf)} on "
+                f"disk but the model needs {want[path].shape}; use the config the weights were trained with"
+            )
 
 
 @functools.partial(jax.jit, static_argnames=("model", "image_size"))
