@@ -97,18 +97,17 @@ def evaluate_run(
 
     Raises:
       CheckpointError: for a folder that is not a run or weights that do not fit it.
-      DataError: when the test split cannot be found or read, or ``limit_test`` < 1.
+      DataError: when the test split cannot be found, downloaded or read, or ``limit_test`` < 1.
       ConfigError: for ``batch_size`` < 1 or ``num_mistakes`` < 0.
     """
     if num_mistakes < 0:
         raise ConfigError(f"--mistakes must be >= 0, got {num_mistakes}")
     run_dir = Path(run_dir)
     run = load_run(run_dir, checkpoint_dir)
-    test = data.load_split("test", data_dir or run.config.data_dir, limit=limit_test)
+    test = data.load_split("test", data_dir or run.config.data_dir, limit=limit_test, download=True)
     logits = predict_logits(run, test["image"], batch_size=batch_size)
     report = classification_report(logits, test["label"])
-    weights = Path(checkpoint_dir) if checkpoint_dir is not None else run_dir / "weights"
-    report = {"run": str(run_dir), "weights": str(weights), **report}
+    report = {"run": str(run_dir), "weights": str(run.weights), **report}
     atomic_write_text(run_dir / "eval.json", json.dumps(report, indent=1) + "\n")
 
     plot_confusion(

@@ -23,17 +23,20 @@ from vggjax.train import make_model
 
 
 class LoadedRun(NamedTuple):
-    """What :func:`load_run` returns; unpacks as ``config, model, variables``.
+    """What :func:`load_run` returns: the config, model, variables and where they came from.
 
     Attributes:
       config: the run's ``config.json``.
       model: the :class:`~vggjax.models.VGG` rebuilt from it (10 classes).
-      variables: ``{"params": ..., "batch_stats": ...}`` restored from the weights.
+      variables: ``{"params": ..., "batch_stats": ...}`` restored from the weights
+        (``batch_stats`` only with BatchNorm).
+      weights: the weights folder they came from.
     """
 
     config: TrainConfig
     model: VGG
     variables: dict[str, Any]
+    weights: Path
 
 
 def load_run(run_dir: str | Path, checkpoint_dir: str | Path | None = None) -> LoadedRun:
@@ -48,7 +51,7 @@ def load_run(run_dir: str | Path, checkpoint_dir: str | Path | None = None) -> L
       checkpoint_dir: a weights folder to load instead of ``run_dir/weights``.
 
     Returns:
-      ``(config, model, variables)`` as a :class:`LoadedRun`.
+      ``(config, model, variables, weights)`` as a :class:`LoadedRun`.
 
     Raises:
       CheckpointError: if the folder is not a run, its config is unreadable, or the
@@ -74,7 +77,7 @@ def load_run(run_dir: str | Path, checkpoint_dir: str | Path | None = None) -> L
     _check_shapes(variables, target, weights)
     if not variables["batch_stats"]:
         del variables["batch_stats"]
-    return LoadedRun(config, model, variables)
+    return LoadedRun(config, model, variables, weights)
 
 
 def _check_shapes(variables: dict, target: dict, weights: Path) -> None:
