@@ -41,7 +41,8 @@ def plot_confusion(
     """Draws a confusion matrix with every row normalised by its true class.
 
     Cell ``(t, p)`` shows the fraction of class-``t`` images predicted as ``p`` (the
-    diagonal is each class's recall), as a colour and as a percentage.
+    diagonal is each class's recall), as a colour and as a percentage (empty cells
+    hold no image; ``<1`` marks a non-zero count under 0.5%).
 
     Args:
       confusion: ``int[K, K]`` counts, rows true classes, columns predictions.
@@ -59,7 +60,9 @@ def plot_confusion(
         for p in range(k):
             if confusion[t, p]:
                 color = "white" if rows[t, p] > 0.6 else "black"
-                ax.text(p, t, f"{100 * rows[t, p]:.0f}", ha="center", va="center", fontsize=8, color=color)
+                pct = 100 * rows[t, p]
+                text = f"{pct:.0f}" if pct >= 0.5 else "<1"
+                ax.text(p, t, text, ha="center", va="center", fontsize=8, color=color)
     ax.set_xticks(range(k), class_names, rotation=45, ha="right")
     ax.set_yticks(range(k), class_names)
     ax.set_xlabel("predicted class")

@@ -48,13 +48,13 @@ def write_report(run_dir: str | Path) -> Path:
     config_path = run_dir / "config.json"
     if config_path.is_file():
         config = json.loads(config_path.read_text())
-        parts += ["<h2>Config</h2>", _table(["setting", "value"], [[k, v] for k, v in config.items()])]
+        parts += ["<h2>Config</h2>", _table(["setting", "value"], [[k, str(v)] for k, v in config.items()])]
     records = read_jsonl(run_dir / "metrics.jsonl")
     if records:
         columns = [c for c in METRIC_COLUMNS if any(c in r for r in records)]
         parts += [
             "<h2>Metrics per epoch</h2>",
-            _table(columns, [[r.get(c) for c in columns] for r in records]),
+            _table(columns, [[_metric(c, r.get(c)) for c in columns] for r in records]),
         ]
     eval_path = run_dir / "eval.json"
     if eval_path.is_file():
@@ -75,6 +75,12 @@ def write_report(run_dir: str | Path) -> Path:
     return path
 
 
+def _metric(column: str, value):
+    if isinstance(value, float) and column in ("seconds", "train_images_per_s"):
+        return f"{value:.1f}"
+    return value
+
+
 def _eval_section(report: dict) -> list[str]:
     summary = (
         f"<p>{report['count']} test images, weights <code>{escape(str(report.get('weights', '')))}</code>: "
@@ -90,10 +96,7 @@ def _eval_section(report: dict) -> list[str]:
 
 def _table(header: list[str], rows: list[list]) -> str:
     def cell(v, tag: str, i: int) -> str:
-        if isinstance(v, float):
-            text = f"{v:.3g}" if 0 < abs(v) < 1e-3 else f"{v:.4f}"
-        else:
-            text = "" if v is None else str(v)
+        text = f"{v:.4f}" if isinstance(v, float) else "" if v is None else str(v)
         cls = ' class="key"' if i == 0 else ""
         return f"<{tag}{cls}>{escape(text)}</{tag}>"
 
