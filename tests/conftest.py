@@ -12,3 +12,17 @@ def fashion_small():
     from vggjax import data
 
     return data.load_fashion_mnist(limit_train=2000, limit_test=500, download=False, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A real one-epoch run (512 training images, thin VGG-11 at 32x32) and its config."""
+    from vggjax.config import TrainConfig
+    from vggjax.train import train_and_evaluate
+
+    config = TrainConfig(
+        limit_train=512, limit_test=256, width=0.25, hidden=128, dropout_rate=0.0, batch_size=16, epochs=1
+    )
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    train_and_evaluate(config, run_dir, progress=False, log=lambda s: None)
+    return run_dir

@@ -135,19 +135,98 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score a trained run on the Fashion-MNIST test split",
+        description="Score a run on the test split: loss, top-1/top-5, per-class scores, confusion "
+        "matrix. Writes eval.json, confusion.png, mistakes.png and report.html into RUN_DIR.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by vggjax train")
+    p.add_argument("--checkpoint", help="weights folder to use instead of RUN_DIR/weights")
+    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files")
+    p.add_argument("--limit-test", type=int, metavar="N", help="score only the first N test images")
+    p.add_argument("--batch-size", type=int, default=500, help="images per device call")
+    p.add_argument("--mistakes", type=int, default=32, metavar="N", help="images in mistakes.png")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    p.set_defaults(func=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from vggjax.evaluate import evaluate_run, format_report
+
+    report = evaluate_run(
+        args.run_dir,
+        checkpoint_dir=args.checkpoint,
+        data_dir=args.data_dir,
+        limit_test=args.limit_test,
+        batch_size=args.batch_size,
+        num_mistakes=args.mistakes,
+    )
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(format_report(report))
+        print(f"wrote eval.json, confusion.png, mistakes.png and report.html in {args.run_dir}")
+    return 0
+
+
+def _predict_parser(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify image files with a trained run",
+        description="Classify PNG/JPEG files (any size or mode) with a trained run. Fashion-MNIST is a "
+        "light garment on black; with --invert auto an image whose border is mostly light (a garment "
+        "on white) is inverted first. Exit status 1 if any file could not be read.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by vggjax train")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    p.add_argument("--top-k", type=int, default=3, help="classes to print per image")
+    p.add_argument("--invert", choices=["auto", "yes", "no"], default="auto", help="make it light-on-black")
+    p.add_argument("--checkpoint", help="weights folder to use instead of RUN_DIR/weights")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from vggjax.predict import format_prediction, predict_files
+    from vggjax.runs import load_run
+
+    run = load_run(args.run_dir, args.checkpoint)
+    results = predict_files(run, args.images, top_k=args.top_k, invert=args.invert)
+    for r in results:
+        if "error" in r:
+            print(format_prediction(r), file=sys.stderr)
+        elif not args.json:
+            print(format_prediction(r))
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 1 if any("error" in r for r in results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vggjax`` argument parser with all subcommands."""
     parser = argparse.ArgumentParser(
-        prog="vggjax", description="VGG networks in JAX/Flax: build, inspect, train."
+        prog="vggjax", description="VGG networks in JAX/Flax: build, inspect, train, evaluate, predict."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
     _summary_parser(sub)
+    _eval_parser(sub)
+    _predict_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    """Runs the command line; returns the exit status.
+
+    0 ok, 1 some ``predict`` files could not be read (the rest were predicted), 2 bad
+    input, 130 interrupted.
+    """
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # before JAX allocates its first buffer
     try:

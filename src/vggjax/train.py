@@ -6,6 +6,8 @@ config → data → model → jitted steps → metrics, curves and weights in ``
     run_dir/metrics.jsonl   one JSON line per epoch
     run_dir/curves.png      train loss, val loss, val accuracy against epoch
     run_dir/weights/        final Flax variables (orbax)
+    run_dir/events.out.tfevents.*   TensorBoard scalars (see ``metrics_writer``)
+    run_dir/report.html     config, metrics and pictures in one page (see ``report``)
 
 Training is data-parallel over every device (``vggjax.parallel``): each global batch is
 split over a ``"data"`` mesh axis and the state is replicated. In a multi-process run
@@ -33,8 +35,10 @@ from vggjax import checkpoint, data, parallel
 from vggjax.config import TrainConfig
 from vggjax.errors import ConfigError
 from vggjax.files import atomic_write_text, write_jsonl
+from vggjax.metrics_writer import LOG_EVERY, MetricsWriter
 from vggjax.models import VGG
 from vggjax.plots import plot_curves
+from vggjax.report import write_report
 from vggjax.steps import TrainState, create_train_state, eval_step, train_step
 
 STUCK_TOLERANCE = 0.02  # a first-epoch loss within this of ln(classes) means no learning
@@ -141,6 +145,7 @@ def train_and_evaluate(
     parallel.sync("run folder checked")
     if main:
         atomic_write_text(run_dir / "config.json", config.to_json() + "\n")
+    board = MetricsWriter(run_dir, config.to_json(), active=main)
 
     steps_per_epoch = data.num_batches(n_train, config.batch_size, drop_remainder=True)
     model = make_model(config)
@@ -166,7 +171,7 @@ def train_and_evaluate(
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         state, train_loss, train_acc = _train_epoch(
-            train_fn, state, train_ds, config, epoch, dropout_rng, steps_per_epoch, progress, split
+            train_fn, state, train_ds, config, epoch, dropout_rng, steps_per_epoch, progress, split, board
         )
         train_seconds = time.perf_counter() - start
         val = evaluate(eval_fn, state, test_ds, config.eval_batch_size, split)
@@ -184,6 +189,7 @@ def train_and_evaluate(
         records.append(record)
         if main:
             write_jsonl(run_dir / "metrics.jsonl", records)
+            board.epoch(record)
             plot_curves(records, run_dir / "curves.png")
         log(
             f"epoch {epoch}/{config.epochs}: train loss {train_loss:.4f}, val loss {val['loss']:.4f}, "
@@ -193,13 +199,16 @@ def train_and_evaluate(
             _warn_if_stuck(train_loss, model.num_classes, log)
 
     checkpoint.save_variables(run_dir / "weights", {"params": state.params, "batch_stats": state.batch_stats})
+    board.close()
+    if main:
+        write_report(run_dir)
     if jax.process_count() > 1:
         parallel.check_replicas_agree(state.params)
         log(f"params identical on all {jax.process_count()} processes ({mesh.devices.size} devices)")
     return records[-1]
 
 
-def _train_epoch(train_fn, state, ds, config, epoch, dropout_rng, steps, progress, sharding):
+def _train_epoch(train_fn, state, ds, config, epoch, dropout_rng, steps, progress, sharding, board):
     """One pass over the shuffled training set; returns the state and epoch means."""
     batches = data.batches(
         ds, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch, drop_remainder=True
@@ -209,13 +218,15 @@ def _train_epoch(train_fn, state, ds, config, epoch, dropout_rng, steps, progres
         total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not progress, leave=False
     )
     start = time.perf_counter()
+    board.start_epoch((epoch - 1) * steps)
     with bar:
         for i, batch in enumerate(batches, 1):
             state, m = train_fn(state, parallel.shard_batch(batch, sharding), dropout_rng)
             metrics.append(m)
             bar.update()
-            if i % 20 == 0 or i == steps:
-                loss = float(m["loss"])  # one host sync per 20 steps
+            if i % LOG_EVERY == 0 or i == steps:
+                loss = float(m["loss"])  # one host sync per LOG_EVERY steps
+                board.train((epoch - 1) * steps + i, loss, config.batch_size)
                 rate = i * config.batch_size / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
     means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(metrics))

@@ -1,0 +1,86 @@
+"""TensorBoard event files in the run folder, through tensorboardX.
+
+``tensorboard --logdir runs`` then compares runs side by side. Tags, all against the
+global optimiser step:
+
+    train/loss, train/images_per_s   every ``LOG_EVERY`` steps (values the loop has already
+                                     brought to the host; no extra device sync)
+    train/epoch_loss, train/epoch_acc, val/loss, val/acc, val/acc5   once per epoch
+    config (text)                    the run's config.json, once
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tensorboardX import SummaryWriter
+
+LOG_EVERY = 20  # train steps between logged points: one host sync per 20 steps
+
+
+class MetricsWriter:
+    """Writes a run's scalars to ``events.out.tfevents.*`` in its folder.
+
+    Images/s is measured between consecutive :meth:`train` calls of an epoch, so it
+    shows the current rate (the first point of a run includes XLA compilation).
+
+    Args:
+      run_dir: the run folder (must exist).
+      config_json: the run's config, shown on TensorBoard's text tab.
+      active: False makes every method a no-op (processes other than 0 of a multi-process run).
+    """
+
+    def __init__(self, run_dir: str | Path, config_json: str = "", *, active: bool = True) -> None:
+        self._writer = _NoWriter()
+        if active:
+            self._writer = SummaryWriter(logdir=str(run_dir), flush_secs=30)
+            if config_json:
+                self._writer.add_text("config", f"```\n{config_json}\n```", 0)
+        self._last: tuple[int, float] | None = None
+
+    def start_epoch(self, step: int) -> None:
+        """Marks the start of an epoch at global ``step`` (the images/s clock restarts)."""
+        self._last = (step, time.perf_counter())
+
+    def train(self, step: int, loss: float, batch_size: int) -> None:
+        """Logs the train loss at global ``step`` and the images/s since the previous point.
+
+        Args:
+          step: global optimiser step (1-based: after ``step`` updates).
+          loss: the mean loss of that step's batch (already on the host).
+          batch_size: images per step.
+        """
+        now = time.perf_counter()
+        self._writer.add_scalar("train/loss", loss, step)
+        if self._last is not None and step > self._last[0]:
+            rate = (step - self._last[0]) * batch_size / (now - self._last[1])
+            self._writer.add_scalar("train/images_per_s", rate, step)
+        self._last = (step, now)
+
+    def epoch(self, record: dict) -> None:
+        """Logs one ``metrics.jsonl`` record at its ``step`` and flushes the file."""
+        step = record["step"]
+        for tag, key in (
+            ("train/epoch_loss", "train_loss"),
+            ("train/epoch_acc", "train_acc"),
+            ("val/loss", "val_loss"),
+            ("val/acc", "val_acc"),
+            ("val/acc5", "val_acc5"),
+        ):
+            if key in record:
+                self._writer.add_scalar(tag, record[key], step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Flushes and closes the event file."""
+        self._writer.close()
+
+
+class _NoWriter:
+    """Stands in for ``SummaryWriter`` on processes that write nothing."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    flush = close = add_text = add_scalar

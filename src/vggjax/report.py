@@ -1,0 +1,105 @@
+"""``report.html``: one self-contained page per run that opens in a browser with no server.
+
+It shows the run's ``config.json``, its ``metrics.jsonl`` as a table, the latest
+``eval.json`` (if ``vggjax eval`` ran) and every picture of the run (``curves.png``,
+``confusion.png``, ``mistakes.png``) embedded as base64 ``data:`` URIs, so the file can be
+mailed or copied alone. Written at the end of training and again by ``vggjax eval``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+from pathlib import Path
+
+from vggjax.files import atomic_write_text, read_jsonl
+
+PICTURES = (
+    ("curves.png", "Training curves"),
+    ("confusion.png", "Confusion matrix (rows normalised by true class)"),
+    ("mistakes.png", "Most confident mistakes"),
+)
+METRIC_COLUMNS = (
+    "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "seconds",
+    "train_images_per_s",
+)  # fmt: skip
+STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
+th { background: #f3f3f3; } td.key, th.key { text-align: left; }
+img { max-width: 100%; border: 1px solid #ddd; }
+"""
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Writes ``run_dir/report.html`` (atomically) from the files the run folder holds now.
+
+    Args:
+      run_dir: a run folder; ``config.json``, ``metrics.jsonl``, ``eval.json`` and the
+        PNGs are each optional (absent ones are left out of the page).
+
+    Returns:
+      The path of the report.
+    """
+    run_dir = Path(run_dir)
+    parts = [f"<h1>vggjax run <code>{escape(run_dir.name)}</code></h1>"]
+    config_path = run_dir / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        parts += ["<h2>Config</h2>", _table(["setting", "value"], [[k, str(v)] for k, v in config.items()])]
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    if records:
+        columns = [c for c in METRIC_COLUMNS if any(c in r for r in records)]
+        parts += [
+            "<h2>Metrics per epoch</h2>",
+            _table(columns, [[_metric(c, r.get(c)) for c in columns] for r in records]),
+        ]
+    eval_path = run_dir / "eval.json"
+    if eval_path.is_file():
+        parts += _eval_section(json.loads(eval_path.read_text()))
+    for name, caption in PICTURES:
+        png = run_dir / name
+        if png.is_file():
+            uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+            parts += [f"<h2>{escape(caption)}</h2>", f'<img src="{uri}" alt="{escape(name)}">']
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>vggjax run {escape(run_dir.name)}</title><style>{STYLE}</style></head>\n<body>\n"
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
+    path = run_dir / "report.html"
+    atomic_write_text(path, page)
+    return path
+
+
+def _metric(column: str, value):
+    if isinstance(value, float) and column in ("seconds", "train_images_per_s"):
+        return f"{value:.1f}"
+    return value
+
+
+def _eval_section(report: dict) -> list[str]:
+    summary = (
+        f"<p>{report['count']} test images, weights <code>{escape(str(report.get('weights', '')))}</code>: "
+        f"loss {report['loss']:.4f}, top-1 {report['acc']:.4f}, top-5 {report['acc5']:.4f}</p>"
+    )
+    rows = [[c["name"], c["support"], c["precision"], c["recall"], c["accuracy"]] for c in report["classes"]]
+    return [
+        "<h2>Test evaluation</h2>",
+        summary,
+        _table(["class", "support", "precision", "recall", "accuracy"], rows),
+    ]
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    def cell(v, tag: str, i: int) -> str:
+        text = f"{v:.4f}" if isinstance(v, float) else "" if v is None else str(v)
+        cls = ' class="key"' if i == 0 else ""
+        return f"<{tag}{cls}>{escape(text)}</{tag}>"
+
+    head = "<tr>" + "".join(cell(h, "th", i) for i, h in enumerate(header)) + "</tr>"
+    body = ["<tr>" + "".join(cell(v, "td", i) for i, v in enumerate(row)) + "</tr>" for row in rows]
+    return "<table>\n" + "\n".join([head, *body]) + "\n</table>"
