@@ -208,7 +208,7 @@ class VGG(nn.Module):
         x = x.astype(self.dtype)
         found: dict[str, jax.Array] = {}
         for b, block in enumerate(spec.blocks, 1):
-            x = VGGBlock(
+            run_block = VGGBlock(
                 block.channels,
                 block.kernels,
                 batch_norm=spec.batch_norm,
@@ -217,12 +217,14 @@ class VGG(nn.Module):
                 dtype=self.dtype,
                 number=b,
                 name=f"block{b}",
-            )(x, train=train, taps=None if wanted is None else wanted - found.keys())
-            if wanted is not None:
-                x, got = x
-                found |= got
-                if len(found) == len(wanted):
-                    return {name: found[name] for name in taps}
+            )
+            if wanted is None:
+                x = run_block(x, train=train)
+                continue
+            x, got = run_block(x, train=train, taps=wanted - found.keys())
+            found |= got
+            if len(found) == len(wanted):
+                return {name: found[name] for name in taps}
         if wanted is None:
             return self.apply_head(x, train=train)
         found |= self.apply_head(x, train=train, taps=wanted - found.keys())
