@@ -257,7 +257,21 @@ def layers(arch: Arch) -> list[Layer]:
     return out
 
 
-_NAME = re.compile(r"^(conv|relu|bn)(\d+)_(\d+)$|^pool(\d+)$|^fc[678]$")
+# The dense head's layers, named as in the VGG authors' Caffe models.
+HEAD_LAYERS = ("fc6", "relu6", "fc7", "relu7", "fc8")
+
+
+def feature_names(arch: Arch, *, head: bool = True) -> list[str]:
+    """Every layer name a feature tap can ask for, input to output.
+
+    ``conv{b}_{i}``, [``bn{b}_{i}``], ``relu{b}_{i}``, [``lrn``], …, ``pool{b}`` per
+    block (see :func:`layers`), then with a head ``fc6``, ``relu6``, ``fc7``,
+    ``relu7``, ``fc8``.
+    """
+    return [layer.name for layer in layers(arch)] + (list(HEAD_LAYERS) if head else [])
+
+
+_NAME = re.compile(r"^(conv|relu|bn)(\d+)_(\d+)$|^pool(\d+)$|^fc[678]$|^relu[67]$|^lrn$")
 
 
 def is_layer_name(name: str) -> bool:

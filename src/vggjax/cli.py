@@ -208,6 +208,29 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
+def _receptive_field_parser(sub) -> None:
+    p = sub.add_parser(
+        "receptive-field",
+        help="per-layer kernel, stride, receptive field, jump and start",
+        description="Receptive field r, jump j and start of each conv and pool layer of a VGG, in input "
+        "pixels: r_l = r_{l-1} + (k_l-1)*j_{l-1}, j_l = j_{l-1}*s_l.",
+    )
+    _add_model_args(p)
+    p.set_defaults(arch="vgg11", width=1.0)
+    p.add_argument("--all", action="store_true", help="also list the BatchNorm, ReLU and LRN layers")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_receptive_field)
+
+
+def _receptive_field(args: argparse.Namespace) -> int:
+    from vggjax.arch import get_arch
+    from vggjax.receptive_field import format_table, receptive_fields, to_json
+
+    fields = receptive_fields(get_arch(args.arch, width=args.width), pointwise=args.all)
+    print(to_json(fields) if args.json else format_table(fields))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vggjax`` argument parser with all subcommands."""
     parser = argparse.ArgumentParser(
@@ -218,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _summary_parser(sub)
     _eval_parser(sub)
     _predict_parser(sub)
+    _receptive_field_parser(sub)
     return parser
 
 

@@ -12,15 +12,16 @@ Images are NHWC: ``float32[N, H, W, C]``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vggjax.arch import Arch, get_arch
+from vggjax.arch import Arch, feature_names, get_arch
 from vggjax.errors import ArchError
+from vggjax.ops import adaptive_avg_pool, local_response_norm, max_pool_2x2
 
 HEADS = ("flatten", "adaptive", None)
 INITS = ("he", "torchvision", "lecun")
@@ -55,35 +56,6 @@ def initializers(scheme: str) -> dict[str, Any]:
     return {"conv": conv, "dense": dense, "logits": logits}
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2×2 max-pool with stride 2 (VALID): ``[N, H, W, C]`` → ``[N, H//2, W//2, C]``."""
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
-
-
-def adaptive_avg_pool(x: jax.Array, size: int = 7) -> jax.Array:
-    """torchvision's ``AdaptiveAvgPool2d(size)``: ``[N, H, W, C]`` → ``[N, size, size, C]``.
-
-    Output cell ``i`` averages input rows ``floor(i·H/size)`` to ``ceil((i+1)·H/size)``
-    (exclusive), the same bins as PyTorch, so a 1×1 map is replicated to 7×7.
-    """
-
-    def pool(x: jax.Array, axis: int) -> jax.Array:
-        n = x.shape[axis]
-        if n == size:
-            return x
-        cells = [
-            jnp.mean(
-                jax.lax.slice_in_dim(x, (i * n) // size, -(-((i + 1) * n) // size), axis=axis),
-                axis=axis,
-                keepdims=True,
-            )
-            for i in range(size)
-        ]
-        return jnp.concatenate(cells, axis=axis)
-
-    return pool(pool(x, 1), 2)
-
-
 class VGGBlock(nn.Module):
     """``len(kernels)`` × [conv (padding k//2) → optional BatchNorm → ReLU], then 2×2 max-pool.
 
@@ -91,9 +63,10 @@ class VGGBlock(nn.Module):
       channels: output channels of every conv.
       kernels: kernel side of each conv (pixels).
       batch_norm: insert BatchNorm (momentum 0.9, eps 1e-5: torchvision's numerics).
-      lrn: local response normalisation after the first conv.
+      lrn: local response normalisation after the first conv's ReLU.
       init_scheme: initialiser scheme, see :func:`initializers`.
       dtype: computation dtype (params stay float32).
+      number: the block's number ``b`` (from 1) in its layer names ``conv{b}_{i}`` ….
 
     Input ``float32[N, H, W, C_in]``, output ``[N, H//2, W//2, channels]``.
     """
@@ -104,46 +77,66 @@ class VGGBlock(nn.Module):
     lrn: bool = False
     init_scheme: str = "he"
     dtype: Any = jnp.float32
+    number: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        kernel_init = initializers(self.init_scheme)["conv"]
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, taps: Collection[str] | None = None
+    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+        """Runs the block; with ``taps``, also returns the named activations asked for.
+
+        Args:
+          x: ``float32[N, H, W, C_in]``.
+          train: BatchNorm uses batch statistics (and needs ``mutable=["batch_stats"]``).
+          taps: layer names (``conv{b}_{i}``, ``bn{b}_{i}``, ``relu{b}_{i}``, ``lrn``,
+            ``pool{b}``) to return; names of other blocks are ignored.
+
+        Returns:
+          The pooled map; with ``taps``, ``(last, found)``: ``found`` maps each name of
+          ``taps`` that is in this block to its activation, and the block stops after
+          the layer that completes ``taps`` (``last`` is that layer's output).
+        """
+        b, kernel_init = self.number, initializers(self.init_scheme)["conv"]
+        stages: list[tuple[str, Callable[[jax.Array], jax.Array]]] = []
         for i, k in enumerate(self.kernels, 1):
-            x = nn.Conv(
+            conv = nn.Conv(
                 self.channels,
                 (k, k),
                 padding=k // 2,
                 kernel_init=kernel_init,
                 dtype=self.dtype,
                 name=f"conv{i}",
-            )(x)
+            )
+            stages.append((f"conv{b}_{i}", conv))
             if self.batch_norm:
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=0.9,
-                    epsilon=1e-5,
-                    dtype=self.dtype,
-                    name=f"bn{i}",
-                )(x)
-            x = nn.relu(x)
+                bn = nn.BatchNorm(
+                    use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=f"bn{i}"
+                )
+                stages.append((f"bn{b}_{i}", bn))
+            stages.append((f"relu{b}_{i}", nn.relu))
             if self.lrn and i == 1:
-                x = local_response_norm(x)
-        return max_pool_2x2(x)
+                stages.append(("lrn", local_response_norm))
+        stages.append((f"pool{b}", max_pool_2x2))
+        return run_stages(x, stages, taps)
 
 
-def local_response_norm(
-    x: jax.Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0
-) -> jax.Array:
-    """AlexNet's local response normalisation across channels (the VGG paper's A-LRN).
+def run_stages(
+    x: jax.Array, stages: Sequence[tuple[str, Callable[[jax.Array], jax.Array]]], taps: Collection[str] | None
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+    """Applies named ``(name, layer)`` stages in order.
 
-    ``b_c = a_c / (k + alpha · Σ_{|c'-c| ≤ size//2} a_{c'}²) ** beta`` with AlexNet's
-    constants (Krizhevsky et al. 2012, section 3.3), on ``[N, H, W, C]``.
+    Returns the last output; with ``taps``, ``(last, found)`` where ``found`` holds the
+    outputs of the stages named in ``taps``, stopping as soon as all of ``taps`` are
+    found: later layers are neither run nor need parameters.
     """
-    sq = jnp.square(x)
-    half = size // 2
-    padded = jnp.pad(sq, [(0, 0), (0, 0), (0, 0), (half, half)])
-    window = sum(padded[..., i : i + x.shape[-1]] for i in range(size))
-    return x / (k + alpha * window) ** beta
+    found: dict[str, jax.Array] = {}
+    for name, layer in stages:
+        x = layer(x)
+        if taps is not None and name in taps:
+            found[name] = x
+            if len(found) == len(taps):
+                break
+    return x if taps is None else (x, found)
 
 
 class VGG(nn.Module):
@@ -190,24 +183,70 @@ class VGG(nn.Module):
         return get_arch(self.arch)
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, taps: Sequence[str] | None = None
+    ) -> jax.Array | dict[str, jax.Array]:
+        """Logits (or features, see ``head``); with ``taps``, named activations instead.
+
+        Args:
+          x: ``float32[N, H, W, C]``.
+          train: dropout on, BatchNorm on batch statistics.
+          taps: layer names from :func:`vggjax.arch.feature_names` (``conv3_2``,
+            ``relu3_2``, ``pool3``, ``fc7`` …); see :func:`vggjax.features.features`.
+
+        Returns:
+          ``float32[N, num_classes]`` logits; with ``taps``, a dict from each name in
+          ``taps`` to its activation, computed only up to the deepest of them.
+
+        Raises:
+          ArchError: for an input too small or (flatten head) of the wrong size, or an
+            unknown tap name.
+        """
         spec = self.spec
+        wanted = None if taps is None else self._check_taps(spec, taps)
         check_input(spec, x.shape)
         x = x.astype(self.dtype)
+        found: dict[str, jax.Array] = {}
         for b, block in enumerate(spec.blocks, 1):
-            x = VGGBlock(
+            run_block = VGGBlock(
                 block.channels,
                 block.kernels,
-                spec.batch_norm,
-                spec.lrn and b == 1,
-                self.init_scheme,
-                self.dtype,
+                batch_norm=spec.batch_norm,
+                lrn=spec.lrn and b == 1,
+                init_scheme=self.init_scheme,
+                dtype=self.dtype,
+                number=b,
                 name=f"block{b}",
-            )(x, train=train)
-        return self.apply_head(x, train=train)
+            )
+            if wanted is None:
+                x = run_block(x, train=train)
+                continue
+            x, got = run_block(x, train=train, taps=wanted - found.keys())
+            found |= got
+            if len(found) == len(wanted):
+                return {name: found[name] for name in taps}
+        if wanted is None:
+            return self.apply_head(x, train=train)
+        found |= self.apply_head(x, train=train, taps=wanted - found.keys())
+        return {name: found[name] for name in taps}
 
-    def apply_head(self, x: jax.Array, *, train: bool) -> jax.Array:
-        """The part after the last pool: ``[N, h, w, C]`` → logits, features or pooled."""
+    def _check_taps(self, spec: Arch, taps: Sequence[str]) -> set[str]:
+        valid = feature_names(spec, head=self.head is not None)
+        if isinstance(taps, str) or not taps:
+            raise ArchError(f"taps must be a non-empty list of layer names, e.g. ('relu1_2',), got {taps!r}")
+        unknown = [name for name in taps if name not in valid]
+        if unknown:
+            raise ArchError(f"unknown layer name(s) {unknown} for this VGG; use any of: {', '.join(valid)}")
+        return set(taps)
+
+    def apply_head(
+        self, x: jax.Array, *, train: bool, taps: Collection[str] | None = None
+    ) -> jax.Array | dict[str, jax.Array]:
+        """The part after the last pool: ``[N, h, w, C]`` → logits, features or pooled.
+
+        With ``taps`` (names among ``fc6``, ``relu6``, ``fc7``, ``relu7``, ``fc8``),
+        returns a dict of those activations instead, stopping at the deepest.
+        """
         if self.head is None:
             if self.pooling is None:
                 return x
@@ -222,10 +261,18 @@ class VGG(nn.Module):
         self._check_flatten(x.shape[-1])
         inits = initializers(self.init_scheme)
         dense = functools.partial(nn.Dense, dtype=self.dtype)
-        for name in ("fc6", "fc7"):
-            x = nn.relu(dense(self.hidden, kernel_init=inits["dense"], name=name)(x))
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return dense(self.num_classes, kernel_init=inits["logits"], name="fc8")(x).astype(jnp.float32)
+        dropout = functools.partial(nn.Dropout, self.dropout_rate, deterministic=not train)
+        stages = [
+            ("fc6", dense(self.hidden, kernel_init=inits["dense"], name="fc6")),
+            ("relu6", nn.relu),
+            ("dropout6", dropout()),
+            ("fc7", dense(self.hidden, kernel_init=inits["dense"], name="fc7")),
+            ("relu7", nn.relu),
+            ("dropout7", dropout()),
+            ("fc8", dense(self.num_classes, kernel_init=inits["logits"], name="fc8")),
+        ]
+        out = run_stages(x, stages, taps)
+        return out[1] if taps is not None else out.astype(jnp.float32)
 
     def _check_flatten(self, features: int) -> None:
         if self.is_initializing() or not self.has_variable("params", "fc6"):

@@ -1,0 +1,166 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from vggjax.arch import get_arch, names
+from vggjax.cli import main
+from vggjax.features import features
+from vggjax.models import VGG
+from vggjax.receptive_field import receptive_fields
+
+
+def by_name(arch, **kw):
+    return {f.name: f for f in receptive_fields(get_arch(arch), **kw)}
+
+
+def test_vgg16_pool5_is_212():
+    f = by_name("vgg16")["pool5"]
+    assert (f.receptive_field, f.jump, f.start) == (212, 32, 15.5)
+
+
+def test_stride_one_closed_form():
+    # The d2l chapter's r_L = 1 + sum(k_l - 1) while every stride is 1.
+    fields = receptive_fields(get_arch("((4,8,(3,5,1,3)),)"))
+    assert [f.receptive_field for f in fields[:4]] == [1 + 2, 1 + 2 + 4, 1 + 2 + 4 + 0, 1 + 2 + 4 + 0 + 2]
+    assert by_name("vgg16")["conv1_2"].receptive_field == 5
+
+
+@pytest.mark.parametrize("arch", names())
+def test_fields_never_shrink(arch):
+    fields = receptive_fields(get_arch(arch), pointwise=True)
+    assert len(fields) == len({f.name for f in fields})
+    for a, b in zip(fields, fields[1:], strict=False):
+        assert b.receptive_field >= a.receptive_field and b.jump >= a.jump and b.start >= a.start
+
+
+def test_pointwise_layers_repeat_the_conv():
+    fields = by_name("vgg11_bn", pointwise=True)
+    conv, bn = fields["conv3_2"], fields["bn3_2"]
+    assert (bn.kind, bn.kernel, bn.stride) == ("bn", 1, 1)
+    assert (
+        (bn.receptive_field, bn.jump, bn.start)
+        == (conv.receptive_field, conv.jump, conv.start)
+        == (26, 4, 1.5)
+    )
+    assert "relu3_2" not in by_name("vgg11_bn")
+
+
+def probe(arch):
+    """A linear single-channel stand-in with the arch's geometry: (name, fn) per layer.
+
+    Convs are all-ones k×k kernels with padding k//2, pools are 2×2 stride-2 window
+    SUMS: a max-pool can pick any pixel of its window, and the sum's gradient reaches
+    all of them (a max-pool's reaches only the argmax).
+    """
+    stages = []
+    for b, block in enumerate(arch.blocks, 1):
+        for i, k in enumerate(block.kernels, 1):
+            kernel = jnp.ones((1, 1, k, k))
+            conv = lambda x, w=kernel, p=k // 2: lax.conv_general_dilated(x, w, (1, 1), [(p, p), (p, p)])  # noqa: E731
+            stages.append((f"conv{b}_{i}", conv))
+        stages.append(
+            (f"pool{b}", lambda x: lax.reduce_window(x, 0.0, lax.add, (1, 1, 2, 2), (1, 1, 2, 2), "VALID"))
+        )
+    return stages
+
+
+def support(grad):
+    """First and last row and column where the gradient is non-zero."""
+    rows, cols = np.flatnonzero(np.any(grad != 0, axis=1)), np.flatnonzero(np.any(grad != 0, axis=0))
+    return (rows[0], rows[-1]), (cols[0], cols[-1])
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "vgg16", "C"])
+def test_closed_form_matches_gradient_measurement(arch):
+    size = 256
+    spec = get_arch(arch)
+    fields = by_name(arch)
+    stages = probe(spec)
+    for depth, (name, _) in enumerate(stages, 1):
+
+        def centre_unit(image, depth=depth):
+            x = image[None, None]
+            for _, fn in stages[:depth]:
+                x = fn(x)
+            c = x.shape[-1] // 2
+            return x[0, 0, c, c], c
+
+        c = centre_unit(jnp.zeros((size, size)))[1]
+        grad = np.asarray(jax.grad(lambda img: centre_unit(img)[0])(jnp.ones((size, size))))
+        lo, hi = fields[name].span(c)
+        assert 0 <= lo and hi <= size - 1, (name, "field must fit in the input to be measured whole")
+        assert support(grad) == ((lo, hi), (lo, hi)), name
+        assert hi - lo + 1 == fields[name].receptive_field
+    if arch == "C":  # the 1×1 convs add nothing to the field
+        assert fields["conv3_3"].receptive_field == fields["conv3_2"].receptive_field == 32
+
+
+def positive_variables(model, x):
+    """Uniform(0.1, 1) weights of the model's shapes (no ReLU dead zones with positive inputs)."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    rng = np.random.default_rng(0)
+    return jax.tree.map(lambda s: rng.uniform(0.1, 1.0, s.shape).astype(np.float32), shapes)
+
+
+def test_real_model_conv_layers_match_exactly():
+    # Positive weights and input: every ReLU passes, so the support is the whole field.
+    # Only block1's parameters are needed; a one-block VGG has the same paths.
+    model = VGG(get_arch("vgg16", width=0.125), head=None)
+    x = jax.random.uniform(jax.random.key(1), (1, 32, 32, 1), minval=0.1)
+    variables = positive_variables(VGG(((2, 8),), head=None), x)
+    fields = by_name("vgg16")
+    for name in ("conv1_1", "relu1_2"):
+        grad = jax.jit(
+            jax.grad(lambda x, name=name: features(model, variables, x, [name])[name][0, 16, 16, 0])
+        )(x)
+        lo, hi = fields[name.replace("relu", "conv")].span(16)
+        assert support(np.asarray(grad[0, :, :, 0])) == ((lo, hi), (lo, hi))
+
+
+def test_real_max_pool_gradient_stays_inside_the_field():
+    # A real max-pool routes the gradient through one pixel per window: a subset of the field.
+    model = VGG(get_arch("vgg11", width=0.125), head=None)
+    x = jax.random.uniform(jax.random.key(1), (1, 160, 160, 1), minval=0.1)
+    variables = positive_variables(model, x)
+    grad = jax.jit(jax.grad(lambda x: features(model, variables, x, ["pool5"])["pool5"][0, 2, 2, 0]))(x)
+    (r0, r1), (c0, c1) = support(np.asarray(grad[0, :, :, 0]))
+    lo, hi = by_name("vgg11")["pool5"].span(2)
+    assert (lo, hi) == (79.5 - 74.5, 79.5 + 74.5)  # centre 15.5 + 2·32, half (150 - 1) / 2
+    assert lo <= r0 <= r1 <= hi and lo <= c0 <= c1 <= hi
+
+
+def test_cli_json_and_table(capsys):
+    assert main(["receptive-field", "--arch", "vgg16", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc["layers"][0]) == {"name", "kind", "kernel", "stride", "receptive_field", "jump", "start"}
+    assert doc["layers"][-1] == {
+        "name": "pool5",
+        "kind": "pool",
+        "kernel": 2,
+        "stride": 2,
+        "receptive_field": 212,
+        "jump": 32,
+        "start": 15.5,
+    }
+    assert len(doc["layers"]) == 13 + 5
+    assert main(["receptive-field", "--arch", "C", "--width", "0.25", "--all"]) == 0
+    table = capsys.readouterr().out
+    assert "relu3_3" in table and table.splitlines()[-1].split() == [
+        "pool5",
+        "pool",
+        "2",
+        "2",
+        "156",
+        "32",
+        "15.5",
+    ]
+
+
+def test_cli_bad_arch_exits_2(capsys):
+    assert main(["receptive-field", "--arch", "vgg17"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown arch 'vgg17'") and len(err.strip().splitlines()) == 1
