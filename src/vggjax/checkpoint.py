@@ -23,6 +23,7 @@ A weights folder (``<run>/weights``) holds only the final Flax variables
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,16 @@ class RunCheckpoints:
             cleanup_tmp_directories=True,
             create=False,
         )
-        self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"), options=options)
+        try:  # reads every checkpoint's metrics
+            self._manager = ocp.CheckpointManager(
+                self.directory, item_names=("state", "meta"), options=options
+            )
+        except Exception as e:  # orbax and tensorstore raise many types
+            bad = next((p for p in sorted(self.directory.glob("[0-9]*")) if not _json_readable(p)), None)
+            raise CheckpointError(
+                f"checkpoint {bad or self.directory} is truncated or unreadable ({_first_line(e)}); "
+                "delete that folder to resume from the one before it"
+            ) from None
 
     def __enter__(self) -> RunCheckpoints:
         return self
@@ -262,16 +272,46 @@ class RunCheckpoints:
             records=meta["records"],
         )
 
+    def read(self, step: int | None = None) -> dict[str, Any]:
+        """A checkpoint as saved, without a target: ``{"state": {...}, "meta": {...}}``.
+
+        For inspection; :meth:`restore` is what training resumes with.
+
+        Raises:
+          CheckpointError: if there is no checkpoint, or it is truncated or unreadable.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        return self._restore_item(
+            self.directory / str(step), state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
+        )
+
     def _restore_item(self, where: Path, **args: Any) -> dict:
         step = int(where.name)
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**args))
-        except (ValueError, KeyError, OSError, TypeError, AttributeError) as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        except Exception as e:  # orbax and tensorstore raise many types
             raise CheckpointError(
-                f"checkpoint {where} is truncated or unreadable ({first}); delete that folder to resume "
-                "from the one before it"
+                f"checkpoint {where} is truncated or unreadable ({_first_line(e)}); delete that folder "
+                "to resume from the one before it"
             ) from None
+
+
+def _json_readable(step_dir: Path) -> bool:
+    """Whether the JSON files orbax reads when it lists ``step_dir`` parse."""
+    for name in ("_CHECKPOINT_METADATA", "metrics/metrics"):
+        try:
+            if (step_dir / name).exists():
+                json.loads((step_dir / name).read_text())
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
 
 
 def _describe(model: Any) -> str:

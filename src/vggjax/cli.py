@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from vggjax.errors import ConfigError, VggjaxError
+from vggjax.errors import ConfigError, Interrupted, VggjaxError
 from vggjax.runtime import keep_freed_memory
 
 
@@ -283,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum, frame):
+    raise Interrupted("stopped by SIGTERM outside the training loop", signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status.
 
@@ -291,6 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # before JAX allocates its first buffer
+    # orbax logs through absl; what a user needs comes back to us as one error line
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    # SIGTERM stops like Ctrl-C; while training, the loop saves a checkpoint first (vggjax.loop)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         return args.func(args)
     except VggjaxError as e:
@@ -299,6 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # Interrupted (checkpoint saved) or a plain Ctrl-C
         print(str(e) or "interrupted", file=sys.stderr)
         return getattr(e, "exit_code", 130)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
