@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vggjax import data
+from vggjax import data, run_folder
 from vggjax.checkpoint import Position, RunCheckpoints
 from vggjax.cli import main
 from vggjax.config import TrainConfig
@@ -82,10 +82,10 @@ def setup_case(case: str, tmp_path: Path) -> tuple[list[str], Path]:
     if case == "existing run":
         make_run(out)
         return new, out
-    if case == "not a run":
+    if case in ("not a run", "not a run, --overwrite"):
         out.mkdir()
         (out / "thesis.tex").write_text("years of work")
-        return new, out
+        return [*new, "--overwrite"] if "overwrite" in case else new, out
     if case == "resume missing":
         return ["--resume", str(tmp_path / "nope")], out
     if case == "resume no checkpoint":
@@ -142,6 +142,7 @@ CASES = {
     "truncated checkpoint": ([], "checkpoints/1 is truncated or unreadable"),
     "existing run": ([], "already holds a vggjax run; pass --resume"),
     "not a run": ([], "is not empty and is not a vggjax run"),
+    "not a run, --overwrite": ([], "is not empty and is not a vggjax run"),
     "unwritable: parent is a file": ([], "cannot write output folder"),
     "unwritable: /sys": ([], "cannot write output folder /sys/vggjax-run"),
     "resume missing": ([], "nope: no such folder"),
@@ -180,3 +181,11 @@ def test_far_too_high_lr_stops_at_first_non_finite_step(tmp_path, capsys):
         params = ckpts.read()["state"]["params"]
     assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
     shutil.rmtree(out)
+
+
+def test_overwrite_replaces_only_the_runs_own_files(tmp_path):
+    out = make_run(tmp_path / "out")
+    (out / "notes.txt").write_text("mine")
+    run_folder.check_new_run_dir(out, overwrite=True)
+    run_folder.prepare_run_dir(out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

@@ -16,8 +16,7 @@ complete, so a process killed during a save leaves the previous checkpoint as th
 newest one; leftover temporary folders are removed when the run is opened again.
 The last ``keep`` checkpoints are kept, plus the one with the best validation accuracy.
 
-A weights folder (``<run>/weights``) holds only the final Flax variables
-``{"params": ..., "batch_stats": ...}`` as an orbax ``StandardCheckpointer`` tree.
+The final weights alone (``<run>/weights``) are written by :mod:`vggjax.weights`.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from vggjax.errors import CheckpointError
 from vggjax.steps import TrainState
+from vggjax.weights import load_variables, save_variables  # noqa: F401 - their old home
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,37 +322,3 @@ def _describe(model: Any) -> str:
         f"{model.get('arch')}{'+' + '+'.join(extras) if extras else ''} "
         f"(head {model.get('head')}, hidden {model.get('hidden')}, {model.get('image_size')} px)"
     )
-
-
-def save_variables(path: str | Path, variables: dict[str, Any]) -> None:
-    """Saves Flax variables to the folder ``path`` (replaced if it exists); blocks until done."""
-    path = Path(path).absolute()
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, jax.device_get(variables), force=True)
-        ckptr.wait_until_finished()
-
-
-def load_variables(path: str | Path, target: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Loads Flax variables saved by :func:`save_variables`.
-
-    Args:
-      path: the weights folder.
-      target: optional variables (or their ``jax.ShapeDtypeStruct``s) whose tree and
-        shapes the saved ones must match.
-
-    Raises:
-      CheckpointError: if the folder is missing, unreadable, or its tree or shapes
-        differ from ``target``.
-    """
-    path = Path(path).absolute()
-    if not path.is_dir():
-        raise CheckpointError(f"no weights at {path}; give a folder written by vggjax train")
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            if target is None:
-                return ckptr.restore(path)
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-            return ckptr.restore(path, abstract)
-    except (ValueError, KeyError, OSError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot load weights from {path}: {first}") from None

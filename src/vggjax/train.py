@@ -28,7 +28,7 @@ from pathlib import Path
 import jax
 import optax
 
-from vggjax import checkpoint, data, parallel, run_folder
+from vggjax import data, parallel, run_folder, weights
 from vggjax.checkpoint import Position, RunCheckpoints
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
@@ -207,7 +207,7 @@ def train_and_evaluate(
         )
         state = trainer.fit(state, start, partial)
         best = ckpts.best_step()
-    checkpoint.save_variables(run_dir / "weights", {"params": state.params, "batch_stats": state.batch_stats})
+    weights.save_variables(run_dir / "weights", {"params": state.params, "batch_stats": state.batch_stats})
     if main:
         write_report(run_dir)
     if jax.process_count() > 1:
