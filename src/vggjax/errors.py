@@ -9,6 +9,7 @@ Exit statuses of ``vggjax``:
 
 ===== ==========================================================================
 0     success
+1     ``vggjax predict``: some image files could not be read
 2     bad input (any :class:`VggjaxError` but :class:`DivergedError`)
 3     training diverged: a non-finite loss or gradient (:class:`DivergedError`)
 130   stopped by Ctrl-C (SIGINT); a checkpoint was saved if training had started

@@ -3,15 +3,17 @@
 :meth:`Trainer.fit` runs from a :class:`~vggjax.checkpoint.Position` to the last epoch.
 Its two points where other features hook in:
 
-* :meth:`Trainer.train_epoch` — one pass over the shuffled training set; after every
-  step it may sync with the host (progress, NaN/Inf check), save a step checkpoint
-  (``checkpoint_every``) or stop on a signal.
-* :meth:`Trainer.end_epoch` — evaluation, the ``metrics.jsonl`` record, curves and
-  the end-of-epoch checkpoint.
+* :meth:`Trainer.train_epoch` — one pass over the shuffled training set, each batch
+  split over the devices; every ``SYNC_EVERY`` steps it syncs with the host (progress,
+  TensorBoard, NaN/Inf check); it saves a step checkpoint every ``checkpoint_every``
+  steps and stops on a signal.
+* :meth:`Trainer.end_epoch` — evaluation, the ``metrics.jsonl`` record, TensorBoard,
+  curves and the end-of-epoch checkpoint.
 
 SIGINT and SIGTERM are caught while :meth:`Trainer.fit` runs: the loop finishes the
 current step, saves a checkpoint and raises :class:`~vggjax.errors.Interrupted`. A
-second signal stops at once (the last complete checkpoint stays usable).
+second signal stops at once (the last complete checkpoint stays usable). With several
+processes, all of them stop at the same step, as they save together.
 """
 
 from __future__ import annotations
