@@ -1,9 +1,26 @@
-"""Shared test settings: strict dtype/rank promotion, small real data subsets."""
+"""Shared test settings: strict dtype/rank promotion, small real data subsets.
+
+XLA's compilations are cached on disk for the session (also for the subprocesses
+tests start, through the environment), so a model compiled once is not compiled again
+by the next run of it: this saves time only, the executables are the same.
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
 
 import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+_JAX_CACHE = tempfile.mkdtemp(prefix="vggjax-tests-xla-cache-")
+atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,7 @@ def test_train_one_epoch_writes_run_folder(tmp_path):
     record = json.loads((out / "metrics.jsonl").read_text())
     assert record["epoch"] == 1 and 0.0 <= record["val_acc"] <= 1.0
     again = run("train", "--limit-train", "512", "--epochs", "1", "--out", str(out))
-    assert again.returncode == 2 and "not empty" in again.stderr
+    assert again.returncode == 2 and "already holds a vggjax run; pass --resume" in again.stderr
 
 
 def test_train_bad_flags_exit_2(tmp_path):

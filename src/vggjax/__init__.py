@@ -7,7 +7,15 @@ The arch is data (the d2l chapter's ``(num_convs, channels)`` pairs)::
 """
 
 from vggjax.arch import Arch, Block, get_arch
-from vggjax.errors import ArchError, CheckpointError, ConfigError, DataError, VggjaxError
+from vggjax.errors import (
+    ArchError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DivergedError,
+    Interrupted,
+    VggjaxError,
+)
 from vggjax.models import VGG, VGGBlock, build_model
 
 __all__ = [
@@ -18,6 +26,8 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "DivergedError",
+    "Interrupted",
     "VGGBlock",
     "VggjaxError",
     "build_model",

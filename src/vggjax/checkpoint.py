@@ -1,50 +1,324 @@
-"""Model weights on disk with orbax-checkpoint.
+"""Checkpoints and weights on disk with orbax-checkpoint.
 
-A weights folder holds the Flax variables ``{"params": ..., "batch_stats": ...}`` as an
-orbax ``StandardCheckpointer`` tree; orbax writes to a temporary folder and renames it
-when complete, so a killed save never leaves a half-written folder under the final name.
+A run's checkpoints live in ``<run>/checkpoints/<step>/``, written by an orbax
+``CheckpointManager``. Each holds two items:
+
+``state``
+    ``{"params", "batch_stats", "opt_state", "step", "rng"}``: the whole
+    :class:`~vggjax.steps.TrainState` and the dropout key's data (``uint32[2]``).
+``meta``
+    JSON: the model it fits (``model``), the data-order :class:`Position`, the
+    per-step metrics of the epoch in progress (``partial``) and every finished
+    epoch's ``metrics.jsonl`` record (``records``).
+
+Orbax writes each checkpoint into a temporary folder and renames it to ``<step>`` once
+complete, so a process killed during a save leaves the previous checkpoint as the
+newest one; leftover temporary folders are removed when the run is opened again.
+The last ``keep`` checkpoints are kept, plus the one with the best validation accuracy.
+
+The final weights alone (``<run>/weights``) are written by :mod:`vggjax.weights`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
 from vggjax.errors import CheckpointError
+from vggjax.steps import TrainState
+from vggjax.weights import load_variables, save_variables  # noqa: F401 - their old home
 
 
-def save_variables(path: str | Path, variables: dict[str, Any]) -> None:
-    """Saves Flax variables to the folder ``path`` (replaced if it exists); blocks until done."""
-    path = Path(path).absolute()
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, jax.device_get(variables), force=True)
-        ckptr.wait_until_finished()
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Where training stands in the data order: the next batch to train.
+
+    The order of epoch ``e`` is a pure function of ``(seed, e)`` (see
+    :func:`vggjax.data.batches`), so resuming at ``Position(e, b)`` skips ``b`` batches.
+
+    Attributes:
+      epoch: the epoch in progress, from 1.
+      batch: batches of that epoch already trained, 0 to steps per epoch (all
+        trained but not yet evaluated).
+    """
+
+    epoch: int
+    batch: int
 
 
-def load_variables(path: str | Path, target: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Loads Flax variables saved by :func:`save_variables`.
+@dataclasses.dataclass
+class Restored:
+    """A checkpoint read back by :meth:`RunCheckpoints.restore`.
+
+    Attributes:
+      step: the checkpoint's step (SGD updates done).
+      state: the train state, arrays on the default device.
+      rng: the run's base dropout key.
+      position: the next batch to train.
+      partial: per-step ``{"loss", "accuracy", "grad_norm"}`` (``np.float32``) of the
+        epoch in progress, in step order.
+      records: the ``metrics.jsonl`` records of the finished epochs.
+    """
+
+    step: int
+    state: TrainState
+    rng: jax.Array
+    position: Position
+    partial: list[dict[str, np.float32]]
+    records: list[dict]
+
+
+def _val_acc(metrics: dict) -> float:
+    # Step checkpoints carry no validation accuracy and never count as best.
+    return metrics.get("val_acc", -math.inf)
+
+
+class RunCheckpoints:
+    """The checkpoints of one run: save, list, restore, keep the last K and the best.
+
+    Use as a context manager (or call :meth:`close`) so that a save still in flight
+    (saves are asynchronous) finishes before the process moves on.
 
     Args:
-      path: the weights folder.
-      target: optional variables (or their ``jax.ShapeDtypeStruct``s) whose tree and
-        shapes the saved ones must match.
-
-    Raises:
-      CheckpointError: if the folder is missing, unreadable, or its tree or shapes
-        differ from ``target``.
+      directory: the checkpoints folder, ``<run>/checkpoints``; created by the first save.
+      keep: how many of the newest checkpoints to keep (the best by validation
+        accuracy is kept as well).
     """
-    path = Path(path).absolute()
-    if not path.is_dir():
-        raise CheckpointError(f"no weights at {path}; give a folder written by vggjax train")
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            if target is None:
-                return ckptr.restore(path)
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-            return ckptr.restore(path, abstract)
-    except (ValueError, KeyError, OSError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot load weights from {path}: {first}") from None
+
+    def __init__(self, directory: str | Path, *, keep: int = 3):
+        self.directory = Path(directory).absolute()
+        policy = checkpoint_managers.AnyPreservationPolicy(
+            [
+                checkpoint_managers.LatestN(n=keep),
+                checkpoint_managers.BestN(get_metric_fn=_val_acc, n=1),
+            ]
+        )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy,
+            best_fn=_val_acc,  # makes orbax store each checkpoint's metrics
+            cleanup_tmp_directories=True,
+            create=False,
+        )
+        try:  # reads every checkpoint's metrics
+            self._manager = ocp.CheckpointManager(
+                self.directory, item_names=("state", "meta"), options=options
+            )
+        except Exception as e:  # orbax and tensorstore raise many types
+            bad = next((p for p in sorted(self.directory.glob("[0-9]*")) if not _json_readable(p)), None)
+            raise CheckpointError(
+                f"checkpoint {bad or self.directory} is truncated or unreadable ({_first_line(e)}); "
+                "delete that folder to resume from the one before it"
+            ) from None
+
+    def __enter__(self) -> RunCheckpoints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Waits for a save in flight, then releases orbax's threads."""
+        self._manager.close()
+
+    def wait(self) -> None:
+        """Blocks until the last save is on disk."""
+        self._manager.wait_until_finished()
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints on disk, oldest first."""
+        return list(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None if there is none."""
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The step of the end-of-epoch checkpoint with the best validation accuracy, if any."""
+        step = self._manager.best_step()
+        if step is None or "val_acc" not in (self._manager.metrics(step) or {}):
+            return None
+        return step
+
+    def save(
+        self,
+        state: TrainState,
+        *,
+        rng: jax.Array,
+        position: Position,
+        model: dict,
+        partial: list[dict] = (),
+        records: list[dict] = (),
+        val_acc: float | None = None,
+    ) -> int:
+        """Starts saving a checkpoint at ``state.step``; returns the step.
+
+        The arrays are copied to host memory before this returns, so ``state`` may be
+        donated to the next train step at once; the files are written in the background.
+
+        Args:
+          state: the train state to save.
+          rng: the run's base dropout key.
+          position: the next batch to train.
+          model: what the params fit (``vggjax.train.model_signature``), checked on restore.
+          partial: per-step metrics of the epoch in progress (host or device scalars).
+          records: the ``metrics.jsonl`` records of the finished epochs.
+          val_acc: the validation accuracy of an end-of-epoch checkpoint (used to keep the best).
+
+        Raises:
+          CheckpointError: if the folder cannot be written.
+        """
+        step = int(state.step)
+        tree = {
+            "params": state.params,
+            "batch_stats": state.batch_stats,
+            "opt_state": state.opt_state,
+            "step": state.step,
+            "rng": jax.random.key_data(rng),
+        }
+        tree = jax.tree.map(np.array, jax.device_get(tree))  # own copies: state may be donated next
+        meta = {
+            "model": model,
+            "position": dataclasses.asdict(position),
+            "partial": [{k: float(v) for k, v in m.items()} for m in jax.device_get(list(partial))],
+            "records": list(records),
+        }
+        metrics = {} if val_acc is None else {"val_acc": float(val_acc)}
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
+                metrics=metrics,
+                force=True,
+            )
+        except OSError as e:
+            raise CheckpointError(f"cannot write a checkpoint in {self.directory}: {e}") from None
+        return step
+
+    def restore(
+        self,
+        target: TrainState,
+        rng: jax.Array,
+        *,
+        model: dict,
+        step: int | None = None,
+        sharding: jax.sharding.Sharding | None = None,
+    ) -> Restored:
+        """Reads a checkpoint into the tree, shapes and dtypes of ``target``.
+
+        Args:
+          target: a freshly initialised state of the run's model and optimizer.
+          rng: a key of the run's PRNG implementation (its value is not used).
+          model: what ``target`` is (``vggjax.train.model_signature``); must match the checkpoint.
+          step: which checkpoint; the newest if None.
+          sharding: where to put the state's arrays (e.g. replicated over a mesh, as
+            training's ``init`` puts them); None puts them on the default device.
+
+        Raises:
+          CheckpointError: if there is no checkpoint, it was written for another model,
+            or it is truncated or unreadable (naming the folder).
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(
+                f"no checkpoint in {self.directory}; the run was stopped before its first save, "
+                "start it again without --resume"
+            )
+        where = self.directory / str(step)
+        meta = self._restore_item(where, meta=ocp.args.JsonRestore())["meta"]
+        saved_model = meta.get("model") if isinstance(meta, dict) else None
+        if saved_model != model:
+            raise CheckpointError(
+                f"checkpoint {where} was written for model {_describe(saved_model)}, not "
+                f"{_describe(model)}; resume with the config it was written with, or start a new run"
+            )
+        tree = {
+            "params": target.params,
+            "batch_stats": target.batch_stats,
+            "opt_state": target.opt_state,
+            "step": target.step,
+            "rng": jax.random.key_data(rng),
+        }
+        # Read as host arrays (every process reads all), then place them as a fresh state
+        # is placed, so a resumed run reuses the straight run's compiled step.
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+        saved = self._restore_item(where, state=ocp.args.StandardRestore(abstract))["state"]
+        if sharding is None:
+            saved = jax.tree.map(jnp.asarray, saved)
+        else:
+            saved = jax.tree.map(
+                lambda x: jax.make_array_from_callback(x.shape, sharding, x.__getitem__), saved
+            )
+        state = target.replace(
+            step=saved["step"],
+            params=saved["params"],
+            batch_stats=saved["batch_stats"],
+            opt_state=saved["opt_state"],
+        )
+        return Restored(
+            step=step,
+            state=state,
+            rng=jax.random.wrap_key_data(saved["rng"], impl=jax.random.key_impl(rng)),
+            position=Position(**meta["position"]),
+            partial=[{k: np.float32(v) for k, v in m.items()} for m in meta["partial"]],
+            records=meta["records"],
+        )
+
+    def read(self, step: int | None = None) -> dict[str, Any]:
+        """A checkpoint as saved, without a target: ``{"state": {...}, "meta": {...}}``.
+
+        For inspection; :meth:`restore` is what training resumes with.
+
+        Raises:
+          CheckpointError: if there is no checkpoint, or it is truncated or unreadable.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        return self._restore_item(
+            self.directory / str(step), state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
+        )
+
+    def _restore_item(self, where: Path, **args: Any) -> dict:
+        step = int(where.name)
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as e:  # orbax and tensorstore raise many types
+            raise CheckpointError(
+                f"checkpoint {where} is truncated or unreadable ({_first_line(e)}); delete that folder "
+                "to resume from the one before it"
+            ) from None
+
+
+def _json_readable(step_dir: Path) -> bool:
+    """Whether the JSON files orbax reads when it lists ``step_dir`` parse."""
+    for name in ("_CHECKPOINT_METADATA", "metrics/metrics"):
+        try:
+            if (step_dir / name).exists():
+                json.loads((step_dir / name).read_text())
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
+def _describe(model: Any) -> str:
+    if not isinstance(model, dict):
+        return "unknown"
+    extras = [k for k in ("batch_norm", "lrn") if model.get(k)]
+    return (
+        f"{model.get('arch')}{'+' + '+'.join(extras) if extras else ''} "
+        f"(head {model.get('head')}, hidden {model.get('hidden')}, {model.get('image_size')} px)"
+    )

@@ -1,18 +1,24 @@
 """The ``vggjax`` command: thin argparse front end over the library.
 
 Every user error (a :class:`~vggjax.errors.VggjaxError`) becomes one line on stderr,
-``error: <what was wrong and how to fix it>``, and exit status 2, without a traceback.
+``error: <what was wrong and how to fix it>``, without a traceback. Exit statuses: 0 ok,
+1 some ``predict`` files unreadable, 2 bad input, 3 training diverged (NaN/Inf), 130 Ctrl-C,
+143 SIGTERM (see :mod:`vggjax.errors`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from vggjax.errors import ConfigError, VggjaxError
+from vggjax.errors import ConfigError, Interrupted, VggjaxError
 from vggjax.runtime import keep_freed_memory
 
 
@@ -25,7 +31,7 @@ def _train_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="train a VGG on Fashion-MNIST", description="Train a VGG on Fashion-MNIST."
     )
-    p.add_argument("--preset", default="default", help="default (2-core CPU) or d2l (the chapter's setting)")
+    p.add_argument("--preset", help="default (2-core CPU) or d2l (the chapter's setting)")
     _add_model_args(p)
     p.add_argument("--image-size", type=int, help="model input side in pixels")
     p.add_argument("--head", choices=["flatten", "adaptive"])
@@ -44,8 +50,13 @@ def _train_parser(sub) -> None:
     p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files")
     p.add_argument("--limit-train", type=int, metavar="N", help="use the first N training examples")
     p.add_argument("--limit-test", type=int, metavar="N", help="use the first N test examples")
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help="also checkpoint every N steps")
+    p.add_argument("--keep", type=int, metavar="K", help="keep the K newest checkpoints (and the best)")
     p.add_argument("--out", help="run folder (default runs/<timestamp>)")
-    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint, with its saved config"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_distributed_args(p)
     p.set_defaults(func=_train)
@@ -74,11 +85,12 @@ def _add_distributed_args(p: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     from vggjax import parallel
     from vggjax.config import TrainConfig, get_preset
+    from vggjax.run_folder import check_new_run_dir
     from vggjax.train import describe, train_and_evaluate
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    config = dataclasses.replace(get_preset(args.preset), **overrides).validate()
+    preset = get_preset(args.preset) if args.preset else None
     spec = parallel.resolve_spec(
         coordinator=args.coordinator,
         num_processes=args.num_processes,
@@ -86,18 +98,47 @@ def _train(args: argparse.Namespace) -> int:
         auto=bool(args.distributed),
         timeout=args.dist_timeout,
     )
-    if spec is not None and not args.out:
+    if spec is not None and not (args.out or args.resume):
         raise ConfigError("a multi-process run needs --out, one folder that every process can reach")
+    if args.resume:
+        config, out = _resume_config(args, overrides, preset), args.resume
+    else:
+        config = dataclasses.replace(preset or get_preset("default"), **overrides).validate()
+        out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+        check_new_run_dir(out, overwrite=args.overwrite)
     parallel.initialize(spec)  # before anything touches a device
     main = parallel.is_main_process()
-    out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
     if main:
-        print(f"preset {args.preset}: {describe(config)}\nrun folder: {out}", flush=True)
+        if args.resume:
+            print(f"resuming {out} with its saved config: {describe(config)}", flush=True)
+        else:
+            print(f"preset {args.preset or 'default'}: {describe(config)}\nrun folder: {out}", flush=True)
         print(parallel.describe_devices(), flush=True)
-    final = train_and_evaluate(config, out, overwrite=args.overwrite, progress=not args.no_progress)
+    final = train_and_evaluate(
+        config, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress
+    )
     if main:
         print(f"test accuracy {final['val_acc']:.4f} after {final['epoch']} epochs; results in {out}")
     return 0
+
+
+def _resume_config(args: argparse.Namespace, overrides: dict, preset):
+    from vggjax.config import TrainConfig
+    from vggjax.run_folder import resume_config
+
+    if args.out and Path(args.out).absolute() != Path(args.resume).absolute():
+        raise ConfigError(f"--out {args.out} and --resume {args.resume} differ; drop --out to resume")
+    if args.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; choose one")
+    config = resume_config(args.resume, overrides, preset=preset)
+    saved = TrainConfig.load(Path(args.resume) / "config.json")
+    if config.epochs != saved.epochs and (config.schedule != "constant" or config.warmup_epochs):
+        print(
+            f"note: --epochs {config.epochs} (was {saved.epochs}) recomputes the {config.schedule} "
+            "schedule and warm-up for the new length from here on",
+            flush=True,
+        )
+    return config
 
 
 def _summary_parser(sub) -> None:
@@ -245,22 +286,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum, frame):
+    raise Interrupted("stopped by SIGTERM outside the training loop", signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status.
 
     0 ok, 1 some ``predict`` files could not be read (the rest were predicted), 2 bad
-    input, 130 interrupted.
+    input, 3 training diverged, 130 stopped by Ctrl-C, 143 stopped by SIGTERM.
     """
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # before JAX allocates its first buffer
+    # orbax logs through absl; what a user needs comes back to us as one error line
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    # SIGTERM stops like Ctrl-C; while training, the loop saves a checkpoint first (vggjax.loop)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         return args.func(args)
     except VggjaxError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return e.exit_code
+    except KeyboardInterrupt as e:  # Interrupted (checkpoint saved) or a plain Ctrl-C
+        print(str(e) or "interrupted", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ class TrainConfig:
       data_dir: folder holding the four Fashion-MNIST IDX files (None searches).
       limit_train: use only the first N training examples.
       limit_test: use only the first N test examples.
+      checkpoint_every: also checkpoint every N steps (None: only at the end of each epoch).
+      keep: how many of the newest checkpoints to keep; the best by validation
+        accuracy is kept as well.
     """
 
     arch: str = "vgg11"
@@ -64,6 +67,8 @@ class TrainConfig:
     data_dir: str | None = None
     limit_train: int | None = None
     limit_test: int | None = None
+    checkpoint_every: int | None = None
+    keep: int = 3
 
     def resolved_arch(self) -> Arch:
         """The :class:`~vggjax.arch.Arch` this config trains (width applied)."""
@@ -77,15 +82,15 @@ class TrainConfig:
           ArchError: for an invalid arch or width, or an image size below the arch's minimum.
         """
         arch = self.resolved_arch()
-        positive = ("epochs", "batch_size", "eval_batch_size", "image_size", "hidden")
+        positive = ("epochs", "batch_size", "eval_batch_size", "image_size", "hidden", "keep")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"--{_flag(name)} must be a positive integer, got {value!r}")
-        for name in ("limit_train", "limit_test"):
+                raise ConfigError(f"--{flag_name(name)} must be a positive integer, got {value!r}")
+        for name in ("limit_train", "limit_test", "checkpoint_every"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{_flag(name)} must be a positive integer, got {value!r}")
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"--{flag_name(name)} must be a positive integer, got {value!r}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr!r}")
         if not 0 <= self.momentum < 1:
@@ -100,7 +105,7 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(
-                    f"--{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                    f"--{flag_name(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
                 )
         if self.image_size < arch.min_input_size:
             raise ConfigError(
@@ -139,7 +144,8 @@ class TrainConfig:
             raise ConfigError(f"cannot read config {path}: {e}") from None
 
 
-def _flag(name: str) -> str:
+def flag_name(name: str) -> str:
+    """The command-line flag (without ``--``) that sets the config field ``name``."""
     return {"dropout_rate": "dropout", "init_scheme": "init"}.get(name, name).replace("_", "-")
 
 

@@ -1,16 +1,35 @@
-"""Errors a user can cause and fix.
+"""Errors a user can cause and fix, and the command-line exit status of each.
 
 Every error that comes from bad input (a malformed arch string, missing or corrupt
 data, a checkpoint that does not fit) derives from :class:`VggjaxError`. Its message
 is one line that says what was wrong and how to fix it; the command-line tool prints
-it as ``error: <message>`` and exits with status 2, without a traceback.
+it as ``error: <message>`` and exits with the error's ``exit_code``, without a traceback.
+
+Exit statuses of ``vggjax``:
+
+===== ==========================================================================
+0     success
+1     ``vggjax predict``: some image files could not be read
+2     bad input (any :class:`VggjaxError` but :class:`DivergedError`)
+3     training diverged: a non-finite loss or gradient (:class:`DivergedError`)
+130   stopped by Ctrl-C (SIGINT); a checkpoint was saved if training had started
+143   stopped by SIGTERM; a checkpoint was saved if training had started
+===== ==========================================================================
 """
 
 from __future__ import annotations
 
+import signal
+
 
 class VggjaxError(ValueError):
-    """Base class of user-facing errors: one line, what was wrong and how to fix it."""
+    """Base class of user-facing errors: one line, what was wrong and how to fix it.
+
+    Attributes:
+      exit_code: the status the command-line tool exits with (2: bad input).
+    """
+
+    exit_code: int = 2
 
 
 class ArchError(VggjaxError):
@@ -27,3 +46,29 @@ class ConfigError(VggjaxError):
 
 class CheckpointError(VggjaxError):
     """A run folder or checkpoint that is missing, truncated or from another model."""
+
+
+class DivergedError(VggjaxError):
+    """The loss or the gradient norm became NaN or infinite; training stopped.
+
+    The message names the step and the learning rate; no checkpoint of the
+    diverged state is written, so the run's newest checkpoint is the last good one.
+    """
+
+    exit_code = 3
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM after saving a checkpoint.
+
+    A :class:`KeyboardInterrupt`, so code that does not handle it stops as on Ctrl-C.
+
+    Attributes:
+      signum: the signal received (``signal.SIGINT`` or ``signal.SIGTERM``).
+      exit_code: ``128 + signum``, the shell's convention (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum

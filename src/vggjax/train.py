@@ -1,10 +1,12 @@
 """``train_and_evaluate(config, run_dir)``: the one function that wires a run together.
 
-config → data → model → jitted steps → metrics, curves and weights in ``run_dir``::
+config → data → model → jitted steps → :class:`~vggjax.loop.Trainer` → metrics,
+curves, checkpoints and weights in ``run_dir``::
 
     run_dir/config.json     the TrainConfig
-    run_dir/metrics.jsonl   one JSON line per epoch
+    run_dir/metrics.jsonl   one JSON line per epoch, each epoch exactly once
     run_dir/curves.png      train loss, val loss, val accuracy against epoch
+    run_dir/checkpoints/    orbax checkpoints: the last ``keep`` and the best (see ``checkpoint``)
     run_dir/weights/        final Flax variables (orbax)
     run_dir/events.out.tfevents.*   TensorBoard scalars (see ``metrics_writer``)
     run_dir/report.html     config, metrics and pictures in one page (see ``report``)
@@ -12,36 +14,33 @@ config → data → model → jitted steps → metrics, curves and weights in ``
 Training is data-parallel over every device (``vggjax.parallel``): each global batch is
 split over a ``"data"`` mesh axis and the state is replicated. In a multi-process run
 every process calls this function; only process 0 logs and writes files, and all of
-them save the weights together.
+them save checkpoints and the weights together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import math
-import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import numpy as np
 import optax
-from jax.sharding import NamedSharding
-from tqdm.auto import tqdm
 
-from vggjax import checkpoint, data, parallel
+from vggjax import data, parallel, run_folder, weights
+from vggjax.checkpoint import Position, RunCheckpoints
 from vggjax.config import TrainConfig
-from vggjax.errors import ConfigError
+from vggjax.errors import CheckpointError, ConfigError
 from vggjax.files import atomic_write_text, write_jsonl
-from vggjax.metrics_writer import LOG_EVERY, MetricsWriter
+from vggjax.loop import Trainer, evaluate, warn_if_stuck
+from vggjax.metrics_writer import MetricsWriter
 from vggjax.models import VGG
-from vggjax.plots import plot_curves
 from vggjax.report import write_report
-from vggjax.steps import TrainState, create_train_state, eval_step, train_step
+from vggjax.steps import create_train_state, eval_step, train_step
 
-STUCK_TOLERANCE = 0.02  # a first-epoch loss within this of ln(classes) means no learning
+__all__ = ["describe", "evaluate", "make_model", "make_optimizer", "make_schedule", "train_and_evaluate"]
+_warn_if_stuck = warn_if_stuck  # its earlier name
 
 
 def make_model(config: TrainConfig, num_classes: int = 10) -> VGG:
@@ -56,64 +55,61 @@ def make_model(config: TrainConfig, num_classes: int = 10) -> VGG:
     )
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """SGD with momentum, coupled weight decay (PyTorch's convention) and the LR schedule."""
+def make_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """The learning rate as a function of updates done: linear warm-up, then cosine or constant."""
     total = max(1, config.epochs * steps_per_epoch)
     warmup = min(total - 1, int(config.warmup_epochs * steps_per_epoch))
     if config.schedule == "cosine":
         decay = optax.cosine_decay_schedule(config.lr, total - warmup)
     else:
         decay = optax.constant_schedule(config.lr)
-    schedule = optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), decay], [warmup])
+    return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), decay], [warmup])
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """SGD with momentum, coupled weight decay (PyTorch's convention) and the LR schedule."""
     return optax.chain(
         optax.add_decayed_weights(config.weight_decay),
-        optax.sgd(schedule, momentum=config.momentum or None),
+        optax.sgd(make_schedule(config, steps_per_epoch), momentum=config.momentum or None),
     )
 
 
-def evaluate(
-    eval_fn: Callable, state: TrainState, ds: dict, batch_size: int, sharding: NamedSharding | None = None
-) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy over every example of ``ds`` (padded, masked batches).
-
-    With ``sharding`` (``parallel.batch_sharding``), each batch is split over the mesh;
-    ``eval_fn`` returns replicated sums, so every process gets the same result.
-    """
-    put = (lambda b: parallel.shard_batch(b, sharding)) if sharding is not None else (lambda b: b)
-    sums = [eval_fn(state, put(b)) for b in data.batches(ds, batch_size, shuffle=False, pad=True)]
-    total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
-    n = total["count"]
-    return {"loss": total["loss"] / n, "acc": total["correct"] / n, "acc5": total["correct5"] / n}
-
-
-def prepare_run_dir(run_dir: Path, *, overwrite: bool) -> None:
-    """Creates ``run_dir``; refuses an existing non-empty folder unless ``overwrite``.
-
-    Raises:
-      ConfigError: if the folder holds files and ``overwrite`` is False, or it cannot be created.
-    """
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"output folder {run_dir} is not empty; pass --overwrite or choose another --out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create output folder {run_dir}: {e.strerror}") from None
+def model_signature(config: TrainConfig) -> dict:
+    """What the params of ``config``'s model fit (stored with and checked against each checkpoint)."""
+    arch = config.resolved_arch()
+    return {
+        "arch": str(arch),
+        "batch_norm": arch.batch_norm,
+        "lrn": arch.lrn,
+        "head": config.head,
+        "hidden": config.hidden,
+        "image_size": config.image_size,  # fc6's shape depends on it with the flatten head
+    }
 
 
 def train_and_evaluate(
     config: TrainConfig,
     run_dir: str | Path,
     *,
+    resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Trains ``config`` on Fashion-MNIST, evaluating on the test split after each epoch.
 
+    Checkpoints go to ``run_dir/checkpoints`` after every epoch and every
+    ``config.checkpoint_every`` steps. With ``resume``, training continues from the
+    newest checkpoint: params, BatchNorm statistics, optimizer state, step, dropout key
+    and data-order position are restored, so on CPU the result is bitwise that of an
+    uninterrupted run. Everything is checked before anything is written.
+
     Args:
-      config: the run's settings; validated first.
-      run_dir: folder for ``config.json``, ``metrics.jsonl``, ``curves.png``, ``weights/``.
-      overwrite: allow a non-empty ``run_dir``.
+      config: the run's settings; validated first. When resuming, the run's saved
+        config (see :func:`vggjax.run_folder.resume_config`).
+      run_dir: the run folder.
+      resume: continue the run in ``run_dir`` from its newest checkpoint.
+      overwrite: replace an earlier run in ``run_dir`` (only its own files are removed).
       progress: show a tqdm bar per epoch (loss and images/s).
       log: where one-line messages go (process 0 only).
 
@@ -121,17 +117,27 @@ def train_and_evaluate(
       The last epoch's ``metrics.jsonl`` record.
 
     Raises:
-      ConfigError, ArchError: for invalid settings (before anything is written), including
+      ConfigError, ArchError: for invalid settings or an unusable ``run_dir``, including
         a ``batch_size`` or ``eval_batch_size`` that does not split over the devices.
       DataError: when Fashion-MNIST cannot be found, downloaded or read.
+      CheckpointError: when resuming a folder that is not a run, has no checkpoint,
+        or whose newest checkpoint is truncated or from another model.
+      DivergedError: at the first non-finite loss or gradient (the last good checkpoint is kept).
+      Interrupted: on SIGINT or SIGTERM, after saving a checkpoint.
     """
     config.validate()
     run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; choose one")
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, flag="--eval-batch-size")
     main = parallel.is_main_process()
     progress, log = progress and main, log if main else (lambda s: None)
+    if resume:
+        run_folder.check_resumable(run_dir)
+    else:
+        run_folder.check_new_run_dir(run_dir, overwrite=overwrite)
     train_ds, test_ds = data.load_fashion_mnist(
         config.data_dir, limit_train=config.limit_train, limit_test=config.limit_test, progress=progress
     )
@@ -141,24 +147,37 @@ def train_and_evaluate(
             f"--batch-size {config.batch_size} is larger than the {n_train} training examples; "
             "lower --batch-size or raise --limit-train"
         )
-    prepare_run_dir(run_dir, overwrite=overwrite)  # every process checks before any writes
-    parallel.sync("run folder checked")
-    if main:
-        atomic_write_text(run_dir / "config.json", config.to_json() + "\n")
-    board = MetricsWriter(run_dir, config.to_json(), active=main)
-
     steps_per_epoch = data.num_batches(n_train, config.batch_size, drop_remainder=True)
     model = make_model(config)
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-    channels = train_ds["image"].shape[-1]
     init = functools.partial(
         create_train_state,
         model,
         make_optimizer(config, steps_per_epoch),
-        input_shape=(1, config.image_size, config.image_size, channels),
+        input_shape=(1, config.image_size, config.image_size, train_ds["image"].shape[-1]),
     )
     rep, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     state = jax.jit(init, out_shardings=rep)(init_rng)
+    signature, checkpoints = model_signature(config), run_dir / run_folder.CHECKPOINTS
+    start, partial, records = Position(1, 0), [], []
+    if resume:
+        with RunCheckpoints(checkpoints, keep=config.keep) as ckpts:
+            restored = ckpts.restore(state, dropout_rng, model=signature, sharding=rep)
+        state, dropout_rng, start = restored.state, restored.rng, restored.position
+        partial, records = restored.partial, restored.records
+        _check_position(start, config, steps_per_epoch, run_dir)
+        log(
+            f"resuming {run_dir} from step {restored.step} (epoch {start.epoch}, "
+            f"{start.batch} of {steps_per_epoch} batches done)"
+        )
+    parallel.sync("run folder checked")  # every process checks before any writes
+    if main:
+        if not resume:
+            run_folder.prepare_run_dir(run_dir, overwrite=overwrite)
+        atomic_write_text(run_dir / "config.json", config.to_json() + "\n")
+        write_jsonl(run_dir / "metrics.jsonl", records)
+    parallel.sync("run folder ready")
+    board = MetricsWriter(run_dir, config.to_json(), active=main)
     train_fn = jax.jit(
         functools.partial(train_step, image_size=config.image_size),
         in_shardings=(rep, split, rep),
@@ -166,82 +185,52 @@ def train_and_evaluate(
         donate_argnums=0,
     )
     eval_fn = jax.jit(functools.partial(eval_step, image_size=config.image_size), out_shardings=rep)
-
-    records: list[dict] = []
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        state, train_loss, train_acc = _train_epoch(
-            train_fn, state, train_ds, config, epoch, dropout_rng, steps_per_epoch, progress, split, board
+    with RunCheckpoints(checkpoints, keep=config.keep) as ckpts, contextlib.closing(board):
+        trainer = Trainer(
+            config=config,
+            train_fn=train_fn,
+            eval_fn=eval_fn,
+            train_ds=train_ds,
+            test_ds=test_ds,
+            rng=dropout_rng,
+            steps_per_epoch=steps_per_epoch,
+            schedule=make_schedule(config, steps_per_epoch),
+            checkpoints=ckpts,
+            model=signature,
+            run_dir=run_dir,
+            board=board,
+            batch_sharding=split,
+            main=main,
+            records=list(records),
+            progress=progress,
+            log=log,
         )
-        train_seconds = time.perf_counter() - start
-        val = evaluate(eval_fn, state, test_ds, config.eval_batch_size, split)
-        record = {
-            "epoch": epoch,
-            "step": int(state.step),
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val["loss"],
-            "val_acc": val["acc"],
-            "val_acc5": val["acc5"],
-            "seconds": round(time.perf_counter() - start, 3),
-            "train_images_per_s": round(steps_per_epoch * config.batch_size / train_seconds, 1),
-        }
-        records.append(record)
-        if main:
-            write_jsonl(run_dir / "metrics.jsonl", records)
-            board.epoch(record)
-            plot_curves(records, run_dir / "curves.png")
-        log(
-            f"epoch {epoch}/{config.epochs}: train loss {train_loss:.4f}, val loss {val['loss']:.4f}, "
-            f"val acc {val['acc']:.4f}, {record['seconds']:.1f} s"
-        )
-        if epoch == 1 and main:
-            _warn_if_stuck(train_loss, model.num_classes, log)
-
-    checkpoint.save_variables(run_dir / "weights", {"params": state.params, "batch_stats": state.batch_stats})
-    board.close()
+        state = trainer.fit(state, start, partial)
+        best = ckpts.best_step()
+    weights.save_variables(run_dir / "weights", {"params": state.params, "batch_stats": state.batch_stats})
     if main:
         write_report(run_dir)
     if jax.process_count() > 1:
         parallel.check_replicas_agree(state.params)
         log(f"params identical on all {jax.process_count()} processes ({mesh.devices.size} devices)")
-    return records[-1]
+    if best is not None:
+        log(f"checkpoints in {checkpoints}; best validation accuracy at step {best}")
+    return trainer.records[-1]
 
 
-def _train_epoch(train_fn, state, ds, config, epoch, dropout_rng, steps, progress, sharding, board):
-    """One pass over the shuffled training set; returns the state and epoch means."""
-    batches = data.batches(
-        ds, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch, drop_remainder=True
-    )
-    metrics = []
-    bar = tqdm(
-        total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not progress, leave=False
-    )
-    start = time.perf_counter()
-    board.start_epoch((epoch - 1) * steps)
-    with bar:
-        for i, batch in enumerate(batches, 1):
-            state, m = train_fn(state, parallel.shard_batch(batch, sharding), dropout_rng)
-            metrics.append(m)
-            bar.update()
-            if i % LOG_EVERY == 0 or i == steps:
-                loss = float(m["loss"])  # one host sync per LOG_EVERY steps
-                board.train((epoch - 1) * steps + i, loss, config.batch_size)
-                rate = i * config.batch_size / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
-    means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(metrics))
-    return state, means["loss"], means["accuracy"]
-
-
-def _warn_if_stuck(train_loss: float, num_classes: int, log: Callable[[str], None]) -> None:
-    chance = math.log(num_classes)
-    if abs(train_loss - chance) < STUCK_TOLERANCE:
-        message = (
-            f"training looks stuck: the epoch-1 loss {train_loss:.4f} is still ln({num_classes}) = "
-            f"{chance:.4f}, the loss of a uniform guess; try another --lr or --init"
+def _check_position(start: Position, config: TrainConfig, steps_per_epoch: int, run_dir: Path) -> None:
+    """Refuses a checkpoint position this config cannot continue from."""
+    if start.batch > steps_per_epoch:
+        raise CheckpointError(
+            f"{run_dir}: the checkpoint is at batch {start.batch} of epoch {start.epoch}, but this "
+            f"data gives {steps_per_epoch} batches per epoch; resume with the data the run was started with"
         )
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
-        log(f"warning: {message}")
+    needed = start.epoch if start.batch else start.epoch - 1  # epochs begun by the checkpoint
+    if needed > config.epochs:
+        raise ConfigError(
+            f"--epochs {config.epochs} is below the {needed} epochs {run_dir} has begun; "
+            f"pass --epochs {needed} or more"
+        )
 
 
 def describe(config: TrainConfig) -> str:

@@ -1,0 +1,327 @@
+"""The epoch loop: train steps, evaluation, metrics, checkpoints, NaN guard, stop signals.
+
+:meth:`Trainer.fit` runs from a :class:`~vggjax.checkpoint.Position` to the last epoch.
+Its two points where other features hook in:
+
+* :meth:`Trainer.train_epoch` — one pass over the shuffled training set, each batch
+  split over the devices; every ``SYNC_EVERY`` steps it syncs with the host (progress,
+  TensorBoard, NaN/Inf check); it saves a step checkpoint every ``checkpoint_every``
+  steps and stops on a signal.
+* :meth:`Trainer.end_epoch` — evaluation, the ``metrics.jsonl`` record, TensorBoard,
+  curves and the end-of-epoch checkpoint.
+
+SIGINT and SIGTERM are caught while :meth:`Trainer.fit` runs: the loop finishes the
+current step, saves a checkpoint and raises :class:`~vggjax.errors.Interrupted`. A
+second signal stops at once (the last complete checkpoint stays usable). With several
+processes, all of them stop at the same step, as they save together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from tqdm.auto import tqdm
+
+from vggjax import data, parallel
+from vggjax.checkpoint import Position, RunCheckpoints
+from vggjax.config import TrainConfig
+from vggjax.errors import DivergedError, Interrupted
+from vggjax.files import write_jsonl
+from vggjax.metrics_writer import LOG_EVERY, MetricsWriter
+from vggjax.plots import plot_curves
+from vggjax.steps import TrainState
+
+SYNC_EVERY = LOG_EVERY  # steps between host syncs (progress, TensorBoard, NaN/Inf check)
+STUCK_TOLERANCE = 0.02  # a first-epoch loss within this of ln(classes) means no learning
+TIMING_FIELDS = ("seconds", "train_images_per_s")  # the record fields that vary run to run
+
+
+def evaluate(
+    eval_fn: Callable, state: TrainState, ds: dict, batch_size: int, sharding: NamedSharding | None = None
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy over every example of ``ds`` (padded, masked batches).
+
+    With ``sharding`` (``parallel.batch_sharding``), each batch is split over the mesh;
+    ``eval_fn`` returns replicated sums, so every process gets the same result.
+    """
+    put = (lambda b: parallel.shard_batch(b, sharding)) if sharding is not None else (lambda b: b)
+    sums = [eval_fn(state, put(b)) for b in data.batches(ds, batch_size, shuffle=False, pad=True)]
+    total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
+    n = total["count"]
+    return {"loss": total["loss"] / n, "acc": total["correct"] / n, "acc5": total["correct5"] / n}
+
+
+class _StopFlag:
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[_StopFlag]:
+    """Within the block, SIGINT and SIGTERM set ``flag.signum`` instead of stopping.
+
+    A second signal raises :class:`~vggjax.errors.Interrupted` at once. Handlers can
+    only be set in the main thread; elsewhere the flag is never set.
+    """
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.signum is not None:
+            raise Interrupted(f"stopped by a second {signal.Signals(signum).name}", signum)
+        flag.signum = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Runs the epochs of one run and writes its metrics and checkpoints.
+
+    Attributes:
+      config: the run's config.
+      train_fn: jitted ``train_step(state, batch, rng) -> (state, metrics)``.
+      eval_fn: jitted ``eval_step(state, batch) -> sums``.
+      train_ds: ``{"image": uint8[N, 28, 28, 1], "label": int32[N]}``.
+      test_ds: the same for the test split.
+      rng: the run's base dropout key (each step folds in its step number).
+      steps_per_epoch: train steps per epoch (last partial batch dropped).
+      schedule: the learning rate as a function of the number of updates done.
+      checkpoints: where checkpoints go.
+      model: the model signature stored with each checkpoint.
+      run_dir: the run folder (``metrics.jsonl``, ``curves.png``).
+      board: TensorBoard scalars (inactive on processes other than 0).
+      batch_sharding: how each global batch is split over the devices (None: as given).
+      main: whether this is process 0, the one that writes files.
+      records: ``metrics.jsonl`` records of the finished epochs (restored ones first).
+      progress: show a tqdm bar per epoch.
+      log: where one-line messages go.
+    """
+
+    config: TrainConfig
+    train_fn: Callable
+    eval_fn: Callable
+    train_ds: dict
+    test_ds: dict
+    rng: jax.Array
+    steps_per_epoch: int
+    schedule: Callable[[int], float]
+    checkpoints: RunCheckpoints
+    model: dict
+    run_dir: Path
+    board: MetricsWriter
+    batch_sharding: NamedSharding | None = None
+    main: bool = True
+    records: list[dict] = dataclasses.field(default_factory=list)
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+    def fit(self, state: TrainState, start: Position, partial: list[dict] = ()) -> TrainState:
+        """Trains from ``start`` to the end of the last epoch; returns the final state.
+
+        Args:
+          state: the state at ``start``.
+          start: the next batch to train.
+          partial: per-step metrics of the batches of ``start.epoch`` already trained.
+
+        Raises:
+          DivergedError: at the first non-finite loss or gradient norm (no checkpoint of
+            it is saved).
+          Interrupted: on SIGINT or SIGTERM, after saving a checkpoint.
+        """
+        with stop_signals() as self._stop:
+            for epoch in range(start.epoch, self.config.epochs + 1):
+                first = start.batch if epoch == start.epoch else 0
+                done = list(partial) if epoch == start.epoch else []
+                began = time.perf_counter()
+                state, metrics = self.train_epoch(state, epoch, first, done)
+                self.end_epoch(state, epoch, metrics, steps_run=len(metrics) - len(done), began=began)
+                if self._stop_now(at_sync=True) and epoch < self.config.epochs:
+                    self._interrupt(state)
+        self.checkpoints.wait()
+        return state
+
+    def train_epoch(
+        self, state: TrainState, epoch: int, first: int, done: list[dict]
+    ) -> tuple[TrainState, list[dict]]:
+        """Trains batches ``first + 1`` … of ``epoch``; returns the state and every step's metrics.
+
+        ``done`` holds the metrics of batches 1 … ``first`` (from a checkpoint); the
+        returned list continues it.
+        """
+        steps, every = self.steps_per_epoch, self.config.checkpoint_every
+        batches = data.batches(
+            self.train_ds,
+            self.config.batch_size,
+            shuffle=True,
+            seed=self.config.seed,
+            epoch=epoch,
+            drop_remainder=True,
+        )
+        metrics, checked = list(done), len(done)
+        bar = tqdm(
+            total=steps,
+            initial=first,
+            desc=f"epoch {epoch}/{self.config.epochs}",
+            unit="step",
+            disable=not self.progress,
+            leave=False,
+        )
+        began = time.perf_counter()
+        self.board.start_epoch((epoch - 1) * steps + first)
+        put = (
+            (lambda b: parallel.shard_batch(b, self.batch_sharding)) if self.batch_sharding else (lambda b: b)
+        )
+        with bar:
+            for i, batch in enumerate(itertools.islice(batches, first, None), first + 1):
+                state, m = self.train_fn(state, put(batch), self.rng)
+                metrics.append(m)
+                bar.update()
+                step = (epoch - 1) * steps + i
+                save = every is not None and step % every == 0 and i < steps
+                log_point = i % SYNC_EVERY == 0 or i == steps
+                stop = self._stop_now(at_sync=log_point or save)
+                if log_point or save or stop:
+                    self.check_finite(metrics, checked, epoch)
+                    checked = len(metrics)
+                if log_point:
+                    loss = float(metrics[-1]["loss"])
+                    self.board.train(step, loss, self.config.batch_size)
+                    rate = (i - first) * self.config.batch_size / (time.perf_counter() - began)
+                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+                if save or stop:
+                    self._save(state, Position(epoch, i), metrics)
+                if stop:
+                    self._interrupt(state)
+        return state, metrics
+
+    def end_epoch(self, state: TrainState, epoch: int, metrics: list[dict], *, steps_run: int, began: float):
+        """Evaluates, appends and writes the epoch's record, saves the epoch checkpoint."""
+        train_seconds = time.perf_counter() - began
+        means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(metrics))
+        val = evaluate(self.eval_fn, state, self.test_ds, self.config.eval_batch_size, self.batch_sharding)
+        record = {
+            "epoch": epoch,
+            "step": epoch * self.steps_per_epoch,
+            "train_loss": means["loss"],
+            "train_acc": means["accuracy"],
+            "val_loss": val["loss"],
+            "val_acc": val["acc"],
+            "val_acc5": val["acc5"],
+            "seconds": round(time.perf_counter() - began, 3),
+            "train_images_per_s": round(steps_run * self.config.batch_size / train_seconds, 1),
+        }
+        self.records.append(record)
+        if self.main:
+            write_jsonl(self.run_dir / "metrics.jsonl", self.records)
+            self.board.epoch(record)
+            plot_curves(self.records, self.run_dir / "curves.png")
+        self.log(
+            f"epoch {epoch}/{self.config.epochs}: train loss {record['train_loss']:.4f}, "
+            f"val loss {val['loss']:.4f}, val acc {val['acc']:.4f}, {record['seconds']:.1f} s"
+        )
+        if epoch == 1:
+            warn_if_stuck(record["train_loss"], data.NUM_CLASSES, self.log)
+        self._save(state, Position(epoch + 1, 0), [], val_acc=val["acc"])
+        return record
+
+    def check_finite(self, metrics: list[dict], start: int, epoch: int) -> None:
+        """Raises :class:`DivergedError` for the first of ``metrics[start:]`` with a non-finite value.
+
+        ``metrics[k]`` is batch ``k + 1`` of ``epoch``.
+        """
+        for k, m in enumerate(jax.device_get(metrics[start:]), start):
+            loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                step = (epoch - 1) * self.steps_per_epoch + k + 1
+                self._diverged(step, f"loss {loss:.4g}, gradient norm {grad_norm:.4g}")
+
+    def _diverged(self, step: int, what: str) -> None:
+        self.checkpoints.wait()
+        epoch, batch = divmod(step - 1, self.steps_per_epoch)
+        latest = self.checkpoints.latest_step()
+        kept = (
+            f"the last good checkpoint, step {latest}, is kept in {self.checkpoints.directory}"
+            if latest is not None
+            else "no checkpoint had been saved yet"
+        )
+        raise DivergedError(
+            f"training diverged at step {step} (epoch {epoch + 1}, batch {batch + 1}): {what} "
+            f"at learning rate {float(self.schedule(step - 1)):.6g}; lower --lr (or add --warmup-epochs) "
+            f"and train again; {kept}"
+        )
+
+    def _save(self, state, position: Position, partial: list[dict], val_acc: float | None = None) -> None:
+        """Saves a checkpoint, unless the update that made ``state`` left non-finite params."""
+        if not bool(_all_finite(state.params)):
+            self._diverged(int(state.step), "non-finite parameters after the update")
+        self.checkpoints.save(
+            state,
+            rng=self.rng,
+            position=position,
+            model=self.model,
+            partial=partial,
+            records=self.records,
+            val_acc=val_acc,
+        )
+
+    def _stop_now(self, *, at_sync: bool) -> bool:
+        """Whether a signal asks to stop after this step.
+
+        Every process must stop at the same step, as they save together: with several
+        processes the flags are gathered at sync points only (a small all-gather).
+        """
+        if jax.process_count() == 1:
+            return self._stop.signum is not None
+        if not at_sync:
+            return False
+        from jax.experimental import multihost_utils
+
+        signums = multihost_utils.process_allgather(np.int32(self._stop.signum or 0))
+        if self._stop.signum is None and int(np.max(signums)):
+            self._stop.signum = int(np.max(signums))
+        return self._stop.signum is not None
+
+    def _interrupt(self, state) -> None:
+        self.checkpoints.wait()
+        raise Interrupted(
+            f"stopped by {signal.Signals(self._stop.signum).name} at step {int(state.step)}; checkpoint "
+            f"saved in {self.checkpoints.directory}; resume with: vggjax train --resume {self.run_dir}",
+            self._stop.signum,
+        )
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def warn_if_stuck(train_loss: float, num_classes: int, log: Callable[[str], None]) -> None:
+    """Warns (and logs) when the epoch-1 loss is still ln(classes), the loss of a uniform guess."""
+    chance = math.log(num_classes)
+    if abs(train_loss - chance) < STUCK_TOLERANCE:
+        message = (
+            f"training looks stuck: the epoch-1 loss {train_loss:.4f} is still ln({num_classes}) = "
+            f"{chance:.4f}, the loss of a uniform guess; try another --lr or --init"
+        )
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        log(f"warning: {message}")

@@ -1,0 +1,194 @@
+"""Bad input everywhere: exit 2, one line naming what was wrong and how to fix it, nothing damaged.
+
+And the NaN guard: a learning rate far too high stops at the first non-finite step, exit 3.
+"""
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vggjax import data, run_folder
+from vggjax.checkpoint import Position, RunCheckpoints
+from vggjax.cli import main
+from vggjax.config import TrainConfig
+from vggjax.files import atomic_write_text
+from vggjax.steps import create_train_state
+from vggjax.train import make_model, make_optimizer, model_signature
+
+RUN = TrainConfig(arch="vgg11_bn", width=0.125, hidden=64, limit_train=64, limit_test=64, batch_size=16)
+
+
+def make_run(run_dir: Path, config: TrainConfig = RUN, checkpoint_of: TrainConfig | None = RUN) -> Path:
+    """A run folder as ``vggjax train`` leaves it after one saved step (no training needed)."""
+    run_dir.mkdir(parents=True)
+    atomic_write_text(run_dir / "config.json", config.to_json() + "\n")
+    (run_dir / "metrics.jsonl").write_text("")
+    if checkpoint_of is not None:
+        state = create_train_state(
+            make_model(checkpoint_of), make_optimizer(checkpoint_of, 4), jax.random.key(0), (1, 32, 32, 1)
+        )
+        state = state.replace(step=jnp.asarray(1, jnp.int32))
+        with RunCheckpoints(run_dir / "checkpoints") as ckpts:
+            ckpts.save(
+                state, rng=jax.random.key(1), position=Position(1, 1), model=model_signature(checkpoint_of)
+            )
+    return run_dir
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    if not root.exists():
+        return {}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def data_dir_with(tmp_path: Path, bad: bytes) -> Path:
+    """The real Fashion-MNIST files, but the test labels replaced by ``bad``."""
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        (folder / name).symlink_to(data.DEBIAN_DIR / name)
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(bad)
+    return folder
+
+
+def real_test_labels() -> bytes:
+    return gzip.decompress((data.DEBIAN_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes())
+
+
+def setup_case(case: str, tmp_path: Path) -> tuple[list[str], Path]:
+    """The flags of one bad-input case, and the folder whose content must survive it."""
+    out = tmp_path / "out"
+    new = ["--out", str(out), "--limit-train", "64", "--limit-test", "64"]
+    if case == "other arch":
+        make_run(out, config=dataclasses.replace(RUN, arch="vgg11"), checkpoint_of=RUN)
+        return ["--resume", str(out)], out
+    if case == "truncated checkpoint":
+        make_run(out)
+        files = [p for p in (out / "checkpoints").rglob("*") if p.is_file()]
+        big = max(files, key=lambda p: p.stat().st_size)
+        big.write_bytes(big.read_bytes()[:100])
+        return ["--resume", str(out)], out
+    if case == "existing run":
+        make_run(out)
+        return new, out
+    if case in ("not a run", "not a run, --overwrite"):
+        out.mkdir()
+        (out / "thesis.tex").write_text("years of work")
+        return [*new, "--overwrite"] if "overwrite" in case else new, out
+    if case == "resume missing":
+        return ["--resume", str(tmp_path / "nope")], out
+    if case == "resume no checkpoint":
+        make_run(out, checkpoint_of=None)
+        return ["--resume", str(out)], out
+    if case == "resume disagrees":
+        make_run(out)
+        return ["--resume", str(out), "--lr", "0.5"], out
+    if case == "resume and overwrite":
+        make_run(out)
+        return ["--resume", str(out), "--overwrite"], out
+    if case == "unwritable: parent is a file":
+        (tmp_path / "file").write_text("x")
+        return ["--out", str(tmp_path / "file" / "run"), "--limit-train", "64"], tmp_path
+    if case == "unwritable: /sys":
+        return ["--out", "/sys/vggjax-run", "--limit-train", "64"], out
+    idx = {
+        "IDX wrong magic": b"\x01\x02\x03\x04" + bytes(100),
+        "IDX truncated": gzip.compress(real_test_labels()[:5000]),
+        "IDX corrupt gzip": gzip.compress(real_test_labels())[:3000],
+    }
+    if case in idx:
+        return [*new, "--data-dir", str(data_dir_with(tmp_path, idx[case]))], out
+    return [*new, *CASES[case][0]], out
+
+
+CASES = {
+    # case: (flags, what the one-line message must contain)
+    "arch unbalanced": (["--arch", "((1,16),(1,32)"], "cannot parse arch '((1,16),(1,32)'"),
+    "arch empty": (["--arch", ""], "cannot parse arch ''"),
+    "arch no blocks": (["--arch", "()"], "arch must be a non-empty tuple"),
+    "arch zero convs": (["--arch", "((0,16),(1,32))"], "num_convs must be a positive integer, got 0"),
+    "arch negative channels": (["--arch", "((1,-16),)"], "channels must be a positive integer, got -16"),
+    "arch non-integer convs": (["--arch", "((1.5,16),)"], "num_convs must be a positive integer, got 1.5"),
+    "arch unknown name": (["--arch", "vgg99"], "unknown arch 'vgg99'; use one of"),
+    "width zero": (["--width", "0"], "width multiplier must be > 0, got 0.0"),
+    "width negative": (["--width", "-0.5"], "width multiplier must be > 0, got -0.5"),
+    "image too small": (
+        ["--image-size", "16"],
+        "--image-size 16 is too small for 5 2x2 max-pools; use at least 32",
+    ),
+    "batch zero": (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+    "batch negative": (["--batch-size", "-8"], "--batch-size must be a positive integer, got -8"),
+    "checkpoint-every zero": (["--checkpoint-every", "0"], "--checkpoint-every must be a positive integer"),
+    "keep zero": (["--keep", "0"], "--keep must be a positive integer, got 0"),
+    "missing data dir": (
+        ["--data-dir", "/nonexistent/fmnist"],
+        "data directory /nonexistent/fmnist does not exist",
+    ),
+    "IDX wrong magic": ([], "t10k-labels-idx1-ubyte.gz: not an IDX file"),
+    "IDX truncated": ([], "t10k-labels-idx1-ubyte.gz: truncated: header declares shape (10000,)"),
+    "IDX corrupt gzip": ([], "t10k-labels-idx1-ubyte.gz: truncated or corrupt gzip stream"),
+    "other arch": ([], "was written for model ((1,8),(1,16),(2,32),(2,64),(2,64))+batch_norm"),
+    "truncated checkpoint": ([], "checkpoints/1 is truncated or unreadable"),
+    "existing run": ([], "already holds a vggjax run; pass --resume"),
+    "not a run": ([], "is not empty and is not a vggjax run"),
+    "not a run, --overwrite": ([], "is not empty and is not a vggjax run"),
+    "unwritable: parent is a file": ([], "cannot write output folder"),
+    "unwritable: /sys": ([], "cannot write output folder /sys/vggjax-run"),
+    "resume missing": ([], "nope: no such folder"),
+    "resume no checkpoint": ([], "the run holds no checkpoint"),
+    "resume disagrees": ([], "--lr 0.5 disagrees with the run's saved lr = 0.05"),
+    "resume and overwrite": ([], "--resume and --overwrite contradict each other"),
+}
+
+
+# After a failed array read (the truncated checkpoint), orbax's async machinery posts a
+# callback to its closed event loop, which Python reports as "unraisable".
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_2_and_damages_nothing(case, tmp_path, capsys):
+    args, keep = setup_case(case, tmp_path)
+    before = snapshot(keep)
+    assert main(["train", "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert CASES[case][1] in err, err
+    assert snapshot(keep) == before  # nothing already written is damaged (or created)
+
+
+def test_far_too_high_lr_stops_at_first_non_finite_step(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = ["--arch", "vgg11_bn", "--width", "0.125", "--hidden", "64", "--batch-size", "16"]
+    flags += ["--limit-train", "512", "--limit-test", "64", "--lr", "10", "--momentum", "0"]
+    flags += ["--schedule", "constant", "--checkpoint-every", "1", "--no-progress", "--out", str(out)]
+    assert main(["train", *flags]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: training diverged at step ")
+    step = int(err.split("at step ")[1].split()[0])
+    assert f"(epoch 1, batch {step}): loss " in err and "at learning rate 10;" in err
+    assert f"the last good checkpoint, step {step - 1}, is kept in {out / 'checkpoints'}" in err
+    assert json.loads((out / "config.json").read_text())["lr"] == 10
+    assert (out / "metrics.jsonl").read_text() == ""
+    with RunCheckpoints(out / "checkpoints") as ckpts:
+        assert ckpts.latest_step() == step - 1
+        params = ckpts.read()["state"]["params"]
+    assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+    shutil.rmtree(out)
+
+
+def test_overwrite_replaces_only_the_runs_own_files(tmp_path):
+    out = make_run(tmp_path / "out")
+    (out / "notes.txt").write_text("mine")
+    run_folder.check_new_run_dir(out, overwrite=True)
+    run_folder.prepare_run_dir(out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
