@@ -55,7 +55,7 @@ class TrainConfig:
     hidden: int = 4096
     dropout_rate: float = 0.5
     init_scheme: str = "he"
-    epochs: int = 4
+    epochs: int = 5
     batch_size: int = 128
     eval_batch_size: int = 500
     lr: float = 0.05
