@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from vggjax.errors import ConfigError
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Writes ``data`` to a temp file beside ``path``, fsyncs it, then renames it into place.
@@ -44,3 +46,17 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def prepare_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """Creates ``run_dir``; refuses an existing non-empty folder unless ``overwrite``.
+
+    Raises:
+      ConfigError: if the folder holds files and ``overwrite`` is False, or it cannot be created.
+    """
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"output folder {run_dir} is not empty; pass --overwrite or choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create output folder {run_dir}: {e.strerror}") from None

@@ -31,10 +31,10 @@ import optax
 from jax.sharding import NamedSharding
 from tqdm.auto import tqdm
 
-from vggjax import checkpoint, data, parallel
+from vggjax import checkpoint, data, parallel, pretrained
 from vggjax.config import TrainConfig
 from vggjax.errors import ConfigError
-from vggjax.files import atomic_write_text, write_jsonl
+from vggjax.files import atomic_write_text, prepare_run_dir, write_jsonl
 from vggjax.metrics_writer import LOG_EVERY, MetricsWriter
 from vggjax.models import VGG
 from vggjax.plots import plot_curves
@@ -44,11 +44,11 @@ from vggjax.steps import TrainState, create_train_state, eval_step, train_step
 STUCK_TOLERANCE = 0.02  # a first-epoch loss within this of ln(classes) means no learning
 
 
-def make_model(config: TrainConfig, num_classes: int = 10) -> VGG:
-    """The :class:`~vggjax.models.VGG` a config describes."""
+def make_model(config: TrainConfig, num_classes: int | None = None) -> VGG:
+    """The :class:`~vggjax.models.VGG` a config describes (``num_classes`` overrides the config's)."""
     return VGG(
         config.resolved_arch(),
-        num_classes=num_classes,
+        num_classes=num_classes or config.num_classes,
         dropout_rate=config.dropout_rate,
         head=config.head,
         hidden=config.hidden,
@@ -86,20 +86,6 @@ def evaluate(
     return {"loss": total["loss"] / n, "acc": total["correct"] / n, "acc5": total["correct5"] / n}
 
 
-def prepare_run_dir(run_dir: Path, *, overwrite: bool) -> None:
-    """Creates ``run_dir``; refuses an existing non-empty folder unless ``overwrite``.
-
-    Raises:
-      ConfigError: if the folder holds files and ``overwrite`` is False, or it cannot be created.
-    """
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"output folder {run_dir} is not empty; pass --overwrite or choose another --out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create output folder {run_dir}: {e.strerror}") from None
-
-
 def train_and_evaluate(
     config: TrainConfig,
     run_dir: str | Path,
@@ -122,10 +108,21 @@ def train_and_evaluate(
 
     Raises:
       ConfigError, ArchError: for invalid settings (before anything is written), including
-        a ``batch_size`` or ``eval_batch_size`` that does not split over the devices.
+        a ``batch_size`` or ``eval_batch_size`` that does not split over the devices, or a
+        network that differs from the ``init_from`` run's.
+      CheckpointError: when the ``init_from`` weights cannot be read or do not fit
+        (another channel count without ``adapt_channels``).
       DataError: when Fashion-MNIST cannot be found, downloaded or read.
     """
     config.validate()
+    if config.dataset != "fashion-mnist":
+        raise ConfigError(
+            f"vggjax train trains on Fashion-MNIST, but this config's dataset is {config.dataset!r}; "
+            "to fine-tune converted weights pass --init-from RUN_DIR instead"
+        )
+    source = pretrained.load_run(config.init_from) if config.init_from else None
+    if source:
+        pretrained.check_same_model(config, source[0])
     run_dir = Path(run_dir)
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
@@ -141,6 +138,11 @@ def train_and_evaluate(
             f"--batch-size {config.batch_size} is larger than the {n_train} training examples; "
             "lower --batch-size or raise --limit-train"
         )
+    channels = train_ds["image"].shape[-1]
+    if channels != config.channels:
+        raise ConfigError(
+            f"the images have {channels} channel(s) but the config says channels={config.channels}"
+        )
     prepare_run_dir(run_dir, overwrite=overwrite)  # every process checks before any writes
     parallel.sync("run folder checked")
     if main:
@@ -150,7 +152,6 @@ def train_and_evaluate(
     steps_per_epoch = data.num_batches(n_train, config.batch_size, drop_remainder=True)
     model = make_model(config)
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-    channels = train_ds["image"].shape[-1]
     init = functools.partial(
         create_train_state,
         model,
@@ -158,7 +159,12 @@ def train_and_evaluate(
         input_shape=(1, config.image_size, config.image_size, channels),
     )
     rep, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    state = jax.jit(init, out_shardings=rep)(init_rng)
+    if source:
+        init = functools.partial(_init_from, init, adapt_channels=config.adapt_channels, log=log)
+        state = jax.jit(init, out_shardings=rep)(init_rng, source[1])
+        log(f"initialised from {config.init_from}")
+    else:
+        state = jax.jit(init, out_shardings=rep)(init_rng)
     train_fn = jax.jit(
         functools.partial(train_step, image_size=config.image_size),
         in_shardings=(rep, split, rep),
@@ -206,6 +212,14 @@ def train_and_evaluate(
         parallel.check_replicas_agree(state.params)
         log(f"params identical on all {jax.process_count()} processes ({mesh.devices.size} devices)")
     return records[-1]
+
+
+def _init_from(init: Callable, rng: jax.Array, source: dict, *, adapt_channels: bool, log) -> TrainState:
+    """``init(rng)`` with its variables filled from ``source`` (see ``pretrained.transfer``); jittable."""
+    state = init(rng)
+    fresh = {"params": state.params, "batch_stats": state.batch_stats}
+    start = pretrained.transfer(source, fresh, adapt_channels=adapt_channels, log=log)
+    return state.replace(params=start["params"], batch_stats=start["batch_stats"])
 
 
 def _train_epoch(train_fn, state, ds, config, epoch, dropout_rng, steps, progress, sharding, board):
