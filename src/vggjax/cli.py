@@ -258,6 +258,12 @@ def _convert_parser(sub) -> None:
         "--arch", required=True, help="the arch the file holds: vgg11 ... vgg19, vgg11_bn ... vgg19_bn"
     )
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (1.0 for torchvision's models)")
+    p.add_argument(
+        "--dataset",
+        default="imagenet",
+        choices=["imagenet", "fashion-mnist"],
+        help="what the weights were trained on (imagenet for torchvision's)",
+    )
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
     p.set_defaults(func=_convert)
@@ -267,7 +273,7 @@ def _convert(args: argparse.Namespace) -> int:
     from vggjax.pretrained import convert_torchvision
 
     config = convert_torchvision(
-        args.weights, args.arch, args.out, width=args.width, overwrite=args.overwrite
+        args.weights, args.arch, args.out, width=args.width, dataset=args.dataset, overwrite=args.overwrite
     )
     print(
         f"converted {args.weights} ({config.arch}, {config.channels} channels, {config.num_classes} classes, "

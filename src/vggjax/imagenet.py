@@ -82,7 +82,8 @@ def normalize(images: jax.Array | np.ndarray) -> jax.Array:
     if images.shape[-1] != 3:
         raise DataError(f"ImageNet normalisation takes 3 RGB channels, got shape {tuple(images.shape)}")
     x = jnp.asarray(images).astype(jnp.float32) / 255.0
-    return (x - jnp.asarray(MEAN, jnp.float32)) / jnp.asarray(STD, jnp.float32)
+    shape = (1,) * (x.ndim - 1) + (3,)
+    return (x - jnp.asarray(MEAN, jnp.float32).reshape(shape)) / jnp.asarray(STD, jnp.float32).reshape(shape)
 
 
 def check_run(config: TrainConfig, run_dir: str | Path) -> None:

@@ -75,6 +75,7 @@ def convert_torchvision(
     run_dir: str | Path,
     *,
     width: float = 1.0,
+    dataset: str = "imagenet",
     overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> TrainConfig:
@@ -89,6 +90,8 @@ def convert_torchvision(
       arch: the arch the file holds (``vgg16``, ``vgg11_bn``, or a literal).
       run_dir: output folder.
       width: width multiplier of ``arch`` (1.0 for torchvision's models).
+      dataset: what the weights were trained on: ``"imagenet"`` (torchvision's) or
+        ``"fashion-mnist"`` (a model exported by ``vggjax export-torchvision``).
       overwrite: allow a non-empty ``run_dir``.
       log: where notes go.
 
@@ -98,7 +101,8 @@ def convert_torchvision(
     Raises:
       CheckpointError: for an unreadable file or one that does not hold ``arch``
         (see :func:`vggjax.interop.from_torchvision`), or a file without a classifier.
-      ConfigError: if ``run_dir`` is not empty and ``overwrite`` is False.
+      ConfigError: if ``run_dir`` is not empty and ``overwrite`` is False, or for an
+        unknown ``dataset``.
     """
     spec = get_arch(arch, width=width)
     variables, head = interop.from_torchvision(torchfile.read_state_dict(path), spec, log=log)
@@ -115,7 +119,7 @@ def convert_torchvision(
         init_scheme="torchvision",
         channels=head.channels,
         num_classes=head.num_classes,
-        dataset="imagenet",
+        dataset=dataset,
     ).validate()
     save_run(run_dir, config, variables, overwrite=overwrite)
     return config
@@ -161,6 +165,20 @@ def check_same_model(config: TrainConfig, source: TrainConfig) -> None:
 def input_channels(variables: Mapping[str, Any]) -> int:
     """Input channels the first conv takes (``block1/conv1`` kernel ``[kh, kw, C_in, C_out]``)."""
     return int(np.shape(variables["params"]["block1"]["conv1"]["kernel"])[2])
+
+
+def check_channels(source: Mapping[str, Any], channels: int, *, adapt_channels: bool) -> None:
+    """Checks that pretrained weights take ``channels`` inputs, or that adapting them is allowed.
+
+    Raises:
+      CheckpointError: naming both channel counts and the ``--adapt-channels`` option.
+    """
+    have = input_channels(source)
+    if have != channels and not adapt_channels:
+        raise CheckpointError(
+            f"the pretrained weights take {have} input channels but the data has {channels}; pass "
+            "--adapt-channels to adapt the first conv (timm's in_chans: RGB kernels summed for grey)"
+        )
 
 
 def adapt_input_channels(variables: Mapping[str, Any], channels: int) -> dict[str, Any]:
@@ -230,12 +248,8 @@ def transfer(
         another shape (naming its path and both shapes).
     """
     have, want = input_channels(source), input_channels(target)
+    check_channels(source, want, adapt_channels=adapt_channels)
     if have != want:
-        if not adapt_channels:
-            raise CheckpointError(
-                f"the pretrained weights take {have} input channels but the data has {want}; pass "
-                "--adapt-channels to adapt the first conv (timm's in_chans: RGB kernels summed for grey)"
-            )
         log(f"adapted the first conv from {have} to {want} input channels (timm's in_chans rule)")
         source = adapt_input_channels(source, want)
     flat_source = dict(jax.tree_util.tree_leaves_with_path(source))
@@ -254,7 +268,8 @@ def transfer(
             return leaf
         if mine is None:
             raise CheckpointError(f"the pretrained weights have no {name}; are they for another arch?")
-        hint = "; with a flatten head, train at the --init-from run's --image-size" if layer == "fc6" else ""
+        flat = name.endswith("fc6/kernel") and np.shape(mine)[0] != np.shape(leaf)[0]
+        hint = "; with a flatten head, train at the --init-from run's --image-size" if flat else ""
         raise CheckpointError(
             f"{name}: the pretrained weights have shape {list(np.shape(mine))} but the model needs "
             f"{list(np.shape(leaf))}{hint}"

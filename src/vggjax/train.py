@@ -141,8 +141,11 @@ def train_and_evaluate(
     channels = train_ds["image"].shape[-1]
     if channels != config.channels:
         raise ConfigError(
-            f"the images have {channels} channel(s) but the config says channels={config.channels}"
+            f"the images have {channels} channel(s) but the config says channels={config.channels}; "
+            "use channels=1 for Fashion-MNIST (--adapt-channels adapts 3-channel --init-from weights)"
         )
+    if source:
+        pretrained.check_channels(source[1], channels, adapt_channels=config.adapt_channels)
     prepare_run_dir(run_dir, overwrite=overwrite)  # every process checks before any writes
     parallel.sync("run folder checked")
     if main:
