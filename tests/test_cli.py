@@ -172,3 +172,7 @@ def test_train_init_from_converted_weights(tmp_path, capsys, fashion_small):
     assert (config.arch, config.width, config.hidden, config.head) == ("vgg11", 0.125, 64, "adaptive")
     assert variables["params"]["block1"]["conv1"]["kernel"].shape == (3, 3, 1, 8)
     assert variables["params"]["fc8"]["kernel"].shape == (64, 10)
+    # Four SGD steps move the converted weights only a little: still the source's, not a fresh init.
+    _, before = load_run(source)
+    a, b = (np.ravel(v["params"]["block3"]["conv1"]["kernel"]) for v in (variables, before))
+    assert np.corrcoef(a, b)[0, 1] > 0.9
