@@ -116,6 +116,11 @@ def test_convert_torchvision_then_predict_imagenet(tmp_path, capsys):
     best = int(probs.argmax())
     assert lines[1].split()[:2] == ["1.", str(best)] and lines[1].endswith(f"class {best}")
     assert abs(float(lines[1].split()[2]) - probs[best]) < 1e-4 and probs[best] < 0.99
+    # `vggjax predict` sees the run's dataset and takes the same ImageNet path.
+    assert main(["predict", str(run_dir), str(tmp_path / "a.png"), "--top-k", "5", *labels]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
+    assert main(["eval", str(run_dir)]) == 2
+    assert "holds imagenet weights; vggjax eval scores Fashion-MNIST runs" in capsys.readouterr().err
 
     bad = ["convert-torchvision", str(tmp_path / "w.pth"), "--arch", "vgg11_bn", "--out", str(tmp_path / "x")]
     assert main(bad) == 2
@@ -130,7 +135,7 @@ def test_train_init_from_converted_weights(tmp_path, capsys, fashion_small):
     import torch
     from torch_vgg import make_torch_vgg
 
-    from vggjax.pretrained import load_run
+    from vggjax.pretrained import read_run
 
     torch.save(make_torch_vgg("vgg11", width=0.125, hidden=64).state_dict(), tmp_path / "w.pth")
     source = tmp_path / "src"
@@ -168,11 +173,11 @@ def test_train_init_from_converted_weights(tmp_path, capsys, fashion_small):
     out = capsys.readouterr().out
     assert "adapted the first conv from 3 to 1 input channels" in out
     assert "new fc8 for 10 classes (the pretrained one has 1000)" in out and "test accuracy" in out
-    config, variables = load_run(tmp_path / "ft")
+    config, variables = read_run(tmp_path / "ft")
     assert (config.arch, config.width, config.hidden, config.head) == ("vgg11", 0.125, 64, "adaptive")
     assert variables["params"]["block1"]["conv1"]["kernel"].shape == (3, 3, 1, 8)
     assert variables["params"]["fc8"]["kernel"].shape == (64, 10)
     # Four SGD steps move the converted weights only a little: still the source's, not a fresh init.
-    _, before = load_run(source)
+    _, before = read_run(source)
     a, b = (np.ravel(v["params"]["block3"]["conv1"]["kernel"]) for v in (variables, before))
     assert np.corrcoef(a, b)[0, 1] > 0.9

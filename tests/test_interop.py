@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch_vgg import make_torch_vgg
 
-from vggjax.arch import get_arch
+from vggjax.arch import get_arch, layers
 from vggjax.errors import CheckpointError
+from vggjax.features import features
 from vggjax.interop import fc6_from_torch, from_torchvision, to_torchvision
 from vggjax.torchfile import read_state_dict
 
@@ -24,41 +25,33 @@ def numpy_state(module):
     return {k: v.detach().numpy() for k, v in module.state_dict().items()}
 
 
-def capture_blocks(model, variables, x):
-    """vggjax logits and the output of every block (after its pool), NHWC."""
-    logits, state = model.apply(
-        variables,
-        x,
-        capture_intermediates=lambda m, _: (m.name or "").startswith("block"),
-        mutable=["intermediates"],
-    )
-    inter = state["intermediates"]
-    blocks = [np.asarray(inter[f"block{b}"]["__call__"][0]) for b in range(1, len(model.spec.blocks) + 1)]
-    return np.asarray(logits), blocks
-
-
-def torch_blocks(module, x_nchw):
-    """PyTorch logits and the output of every MaxPool2d in features, as NHWC."""
-    outs, h = [], torch.from_numpy(x_nchw)
+def torch_taps(module, arch, x_nchw):
+    """PyTorch activations by VGG layer name (conv1_1 … pool5, fc6 … fc8); maps as NHWC."""
+    out, h = {}, torch.from_numpy(x_nchw)
     with torch.no_grad():
-        for layer in module.features:
-            h = layer(h)
-            if isinstance(layer, torch.nn.MaxPool2d):
-                outs.append(h.permute(0, 2, 3, 1).numpy())
-        logits = module.classifier(torch.flatten(module.avgpool(h), 1)).numpy()
-    return logits, outs
+        for layer, torch_layer in zip(layers(arch), module.features, strict=True):
+            h = torch_layer(h)
+            out[layer.name] = h.permute(0, 2, 3, 1).numpy().copy()  # copy: the next ReLU is in-place
+        h = torch.flatten(module.avgpool(h), 1)
+        names = ["fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
+        for name, torch_layer in zip(names, module.classifier, strict=True):
+            h = torch_layer(h)
+            out[name] = h.numpy().copy()
+    return out
 
 
-def assert_parity(module, model, variables, size, batch=1, seed=0):
+def assert_parity(module, model, variables, size, taps, batch=1, seed=0):
+    """Logits (fc8) and the named features ``taps`` equal PyTorch's within TOL."""
     x = np.random.default_rng(seed).standard_normal((batch, 3, size, size), np.float32)
-    ref, ref_blocks = torch_blocks(module, x)
-    out, blocks = capture_blocks(model, variables, x.transpose(0, 2, 3, 1))
-    assert out.shape == ref.shape == (batch, 1000)
-    diff = float(np.abs(out - ref).max())
-    assert diff <= TOL and diff <= 1e-3 * float(np.abs(ref).max()), (size, diff, np.abs(ref).max())
-    for b, (mine, theirs) in enumerate(zip(blocks, ref_blocks, strict=True), 1):
-        assert mine.shape == theirs.shape
-        assert float(np.abs(mine - theirs).max()) <= TOL * max(1.0, float(np.abs(theirs).max())), b
+    ref = torch_taps(module, model.spec, x)
+    got = features(model, variables, x.transpose(0, 2, 3, 1), (*taps, "fc8"))
+    assert got["fc8"].shape == ref["fc8"].shape == (batch, 1000)
+    diff = float(np.abs(got["fc8"] - ref["fc8"]).max())
+    assert diff <= TOL and diff <= 1e-3 * float(np.abs(ref["fc8"]).max()), (size, diff)
+    for name in taps:
+        mine, theirs = np.asarray(got[name]), ref[name]
+        assert mine.shape == theirs.shape, name
+        assert float(np.abs(mine - theirs).max()) <= TOL * max(1.0, float(np.abs(theirs).max())), name
 
 
 @pytest.mark.parametrize("name", ["vgg11", "vgg11_bn"])
@@ -67,9 +60,11 @@ def test_parity_full_size_224_and_100(name):
     state = numpy_state(module)
     variables, head = from_torchvision(state, name)
     assert head.head == "adaptive" and head.num_classes == 1000 and head.channels == 3
-    model = head.model(get_arch(name))
-    assert_parity(module, model, variables, 224)
-    assert_parity(module, model, variables, 100, batch=2, seed=1)  # 3x3 map -> adaptive 7x7
+    spec = get_arch(name)
+    model = head.model(spec)
+    taps = ("conv1_1", "bn2_1" if spec.batch_norm else "relu2_1", "pool3", "pool5", "relu7")
+    assert_parity(module, model, variables, 224, taps)
+    assert_parity(module, model, variables, 100, taps, batch=2, seed=1)  # 3x3 map -> adaptive 7x7
     if name == "vgg11_bn":
         bn = variables["batch_stats"]["block3"]["bn2"]
         np.testing.assert_array_equal(bn["var"], module.features[12].running_var.numpy())
@@ -92,7 +87,9 @@ def test_parity_vgg16_from_pth_file(vgg16):
     variables, head = from_torchvision(state, "vgg16")
     params = variables["params"]
     assert sum(p.size for p in jax.tree.leaves(params)) == 138_357_544
-    assert_parity(module, head.model(get_arch("vgg16")), variables, 224)
+    # Johnson et al.'s perceptual-loss taps, then the head.
+    taps = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "pool5", "fc7")
+    assert_parity(module, head.model(get_arch("vgg16")), variables, 224, taps)
 
 
 def test_wrong_arch_names_key_and_suggests_the_file_arch(vgg16):

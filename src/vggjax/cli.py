@@ -91,9 +91,9 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     base = get_preset(args.preset)
     if args.init_from:
-        from vggjax.pretrained import inherit_model, load_run
+        from vggjax.pretrained import inherit_model, read_run
 
-        base = inherit_model(base, load_run(args.init_from)[0])
+        base = inherit_model(base, read_run(args.init_from)[0])
     config = dataclasses.replace(base, **overrides).validate()
     spec = parallel.resolve_spec(
         coordinator=args.coordinator,
@@ -203,6 +203,7 @@ def _predict_parser(sub) -> None:
     p.add_argument("--invert", choices=["auto", "yes", "no"], default="auto", help="make it light-on-black")
     p.add_argument("--checkpoint", help="weights folder to use instead of RUN_DIR/weights")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--labels", help="ImageNet runs (convert-torchvision): class names, one per line")
     p.set_defaults(func=_predict)
 
 
@@ -213,6 +214,10 @@ def _predict(args: argparse.Namespace) -> int:
     from vggjax.runs import load_run
 
     run = load_run(args.run_dir, args.checkpoint)
+    if run.config.dataset == "imagenet":  # converted torchvision weights: ImageNet preprocessing
+        if args.json:
+            raise ConfigError("--json is for Fashion-MNIST runs; drop it for ImageNet weights")
+        return _print_imagenet(run, args.images, top=args.top_k, labels=args.labels)
     results = predict_files(run, args.images, top_k=args.top_k, invert=args.invert)
     for r in results:
         if "error" in r:
@@ -318,15 +323,20 @@ def _predict_imagenet_parser(sub) -> None:
 
 def _predict_imagenet(args: argparse.Namespace) -> int:
     from vggjax import imagenet
-    from vggjax.pretrained import load_run
-    from vggjax.train import make_model
+    from vggjax.runs import load_run
 
-    config, variables = load_run(args.run_dir)
-    imagenet.check_run(config, args.run_dir)
-    names = imagenet.read_labels(args.labels, config.num_classes) if args.labels else None
-    model = make_model(config)
-    results = imagenet.predict_files(model, variables, args.images, top=max(1, args.top))
-    for path, (indices, probs) in zip(args.images, results, strict=True):
+    run = load_run(args.run_dir)
+    imagenet.check_run(run.config, args.run_dir)
+    return _print_imagenet(run, args.images, top=args.top, labels=args.labels)
+
+
+def _print_imagenet(run, images: Sequence[str], *, top: int, labels: str | None) -> int:
+    """Top classes of each image under a converted torchvision run, one indented line each."""
+    from vggjax import imagenet
+
+    names = imagenet.read_labels(labels, run.config.num_classes) if labels else None
+    results = imagenet.predict_files(run.model, run.variables, images, top=max(1, top))
+    for path, (indices, probs) in zip(images, results, strict=True):
         print(path)
         for rank, (i, prob) in enumerate(zip(indices, probs, strict=True), 1):
             name = f"  {names[i]}" if names else ""

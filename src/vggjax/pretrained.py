@@ -30,8 +30,11 @@ MODEL_FIELDS = ("arch", "width", "head", "hidden")
 REPLACEABLE = ("fc8",)  # re-initialised when the class count differs
 
 
-def load_run(run_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
-    """Reads a run folder written by ``vggjax train`` or ``vggjax convert-torchvision``.
+def read_run(run_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """Reads a run folder written by ``vggjax train`` or ``vggjax convert-torchvision``, as saved.
+
+    Unlike :func:`vggjax.runs.load_run` no model is rebuilt to check the weights against:
+    fine-tuning builds a different one (new fc8, other channels) and checks in :func:`transfer`.
 
     Returns:
       ``(config, variables)``: the run's :class:`~vggjax.config.TrainConfig` and its
@@ -135,7 +138,7 @@ def export_torchvision(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
       CheckpointError: if ``run_dir`` is not a run folder, or a ``.pth`` is asked for
         without torch installed.
     """
-    config, variables = load_run(run_dir)
+    config, variables = read_run(run_dir)
     state = interop.to_torchvision(variables, config.resolved_arch())
     torchfile.write_state_dict(path, state)
     return state
@@ -234,7 +237,7 @@ def transfer(
     channel counts differ and ``adapt_channels`` is set (see :func:`adapt_input_channels`).
 
     Args:
-      source: pretrained variables, e.g. from :func:`load_run`.
+      source: pretrained variables, e.g. from :func:`read_run`.
       target: variables of the model to train (same arch), e.g. from ``model.init``.
       adapt_channels: allow a different input channel count.
       log: where notes (a replaced classifier, adapted channels) go.

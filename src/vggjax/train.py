@@ -120,7 +120,7 @@ def train_and_evaluate(
             f"vggjax train trains on Fashion-MNIST, but this config's dataset is {config.dataset!r}; "
             "to fine-tune converted weights pass --init-from RUN_DIR instead"
         )
-    source = pretrained.load_run(config.init_from) if config.init_from else None
+    source = pretrained.read_run(config.init_from) if config.init_from else None
     if source:
         pretrained.check_same_model(config, source[0])
     run_dir = Path(run_dir)
