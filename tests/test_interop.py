@@ -89,7 +89,9 @@ def test_parity_vgg16_from_pth_file(vgg16):
     assert sum(p.size for p in jax.tree.leaves(params)) == 138_357_544
     # Johnson et al.'s perceptual-loss taps, then the head.
     taps = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "pool5", "fc7")
-    assert_parity(module, head.model(get_arch("vgg16")), variables, 224, taps)
+    model = head.model(get_arch("vgg16"))
+    assert_parity(module, model, variables, 224, taps)
+    assert_parity(module, model, variables, 64, ("relu3_3", "pool5"), seed=2)  # 2x2 map -> adaptive 7x7
 
 
 def test_wrong_arch_names_key_and_suggests_the_file_arch(vgg16):
