@@ -249,6 +249,7 @@ def _receptive_field(args: argparse.Namespace) -> int:
 
     fields = receptive_fields(get_arch(args.arch, width=args.width), pointwise=args.all)
     print(to_json(fields) if args.json else format_table(fields))
+    return 0
 
 
 def _convert_parser(sub) -> None:
