@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from vggjax.cli import main
 
 
@@ -82,3 +84,100 @@ def test_train_bad_flags_exit_2(tmp_path):
         assert p.returncode == 2, (args, p.stderr)
         assert message in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_convert_torchvision_then_predict_imagenet(tmp_path, capsys):
+    import torch
+    from PIL import Image
+    from torch_vgg import make_torch_vgg
+
+    module = make_torch_vgg("vgg11", width=0.125, hidden=64, num_classes=12)
+    torch.save({f"module.{k}": v for k, v in module.state_dict().items()}, tmp_path / "w.pth")
+    run_dir = tmp_path / "run"
+    args = ["convert-torchvision", str(tmp_path / "w.pth"), "--arch", "vgg11", "--width", "0.125"]
+    assert main([*args, "--out", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "stripped the 'module.' prefix" in out and "3 channels, 12 classes, head adaptive" in out
+
+    noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "a.png")
+    (tmp_path / "labels.txt").write_text("".join(f"class {i}\n" for i in range(12)))
+    labels = ["--labels", str(tmp_path / "labels.txt")]
+    assert main(["predict-imagenet", str(run_dir), str(tmp_path / "a.png"), *labels]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("a.png") and len(lines) == 6
+    # The same image through PyTorch, preprocessed the torchvision way by hand: the short
+    # side 240 -> 256, the long 320 -> int(256 * 320 / 240) = 341; crop at round(58.5) = 58, 16.
+    image = Image.open(tmp_path / "a.png").convert("RGB").resize((341, 256), Image.Resampling.BILINEAR)
+    x = (np.asarray(image, np.float32) / 255.0)[16:240, 58:282]
+    x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    with torch.no_grad():
+        probs = torch.softmax(module(torch.from_numpy(x.transpose(2, 0, 1)[None].copy())), -1)[0].numpy()
+    best = int(probs.argmax())
+    assert lines[1].split()[:2] == ["1.", str(best)] and lines[1].endswith(f"class {best}")
+    assert abs(float(lines[1].split()[2]) - probs[best]) < 1e-4 and probs[best] < 0.99
+    # `vggjax predict` sees the run's dataset and takes the same ImageNet path.
+    assert main(["predict", str(run_dir), str(tmp_path / "a.png"), "--top-k", "5", *labels]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
+    assert main(["eval", str(run_dir)]) == 2
+    assert "holds imagenet weights; vggjax eval scores Fashion-MNIST runs" in capsys.readouterr().err
+
+    bad = ["convert-torchvision", str(tmp_path / "w.pth"), "--arch", "vgg11_bn", "--out", str(tmp_path / "x")]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "error: the file holds weights without BatchNorm, i.e. vgg11, but the arch is vgg11_bn"
+    )
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_train_init_from_converted_weights(tmp_path, capsys, fashion_small):
+    import torch
+    from torch_vgg import make_torch_vgg
+
+    from vggjax.pretrained import read_run
+
+    torch.save(make_torch_vgg("vgg11", width=0.125, hidden=64).state_dict(), tmp_path / "w.pth")
+    source = tmp_path / "src"
+    assert (
+        main(
+            [
+                "convert-torchvision",
+                str(tmp_path / "w.pth"),
+                "--arch",
+                "vgg11",
+                "--width",
+                "0.125",
+                "--out",
+                str(source),
+            ]
+        )
+        == 0
+    )
+    common = [
+        "train",
+        "--init-from",
+        str(source),
+        "--limit-train",
+        "256",
+        "--limit-test",
+        "128",
+        "--epochs",
+        "1",
+    ]
+    common += ["--batch-size", "64", "--no-progress", "--out", str(tmp_path / "ft")]
+    assert main(common) == 2
+    assert "take 3 input channels but the data has 1; pass --adapt-channels" in capsys.readouterr().err
+    assert not (tmp_path / "ft").exists()
+    assert main([*common, "--adapt-channels"]) == 0
+    out = capsys.readouterr().out
+    assert "adapted the first conv from 3 to 1 input channels" in out
+    assert "new fc8 for 10 classes (the pretrained one has 1000)" in out and "test accuracy" in out
+    config, variables = read_run(tmp_path / "ft")
+    assert (config.arch, config.width, config.hidden, config.head) == ("vgg11", 0.125, 64, "adaptive")
+    assert variables["params"]["block1"]["conv1"]["kernel"].shape == (3, 3, 1, 8)
+    assert variables["params"]["fc8"]["kernel"].shape == (64, 10)
+    # Four SGD steps move the converted weights only a little: still the source's, not a fresh init.
+    _, before = read_run(source)
+    a, b = (np.ravel(v["params"]["block3"]["conv1"]["kernel"]) for v in (variables, before))
+    assert np.corrcoef(a, b)[0, 1] > 0.9

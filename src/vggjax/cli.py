@@ -52,6 +52,17 @@ def _train_parser(sub) -> None:
     p.add_argument("--limit-test", type=int, metavar="N", help="use the first N test examples")
     p.add_argument("--checkpoint-every", type=int, metavar="N", help="also checkpoint every N steps")
     p.add_argument("--keep", type=int, metavar="K", help="keep the K newest checkpoints (and the best)")
+    p.add_argument(
+        "--init-from",
+        metavar="RUN_DIR",
+        help="start from this run's weights (e.g. from convert-torchvision); a new fc8 if the classes differ",
+    )
+    p.add_argument(
+        "--adapt-channels",
+        action="store_true",
+        default=None,
+        help="with --init-from: adapt 3-channel weights to grey images (timm's in_chans: RGB kernels summed)",
+    )
     p.add_argument("--out", help="run folder (default runs/<timestamp>)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument(
@@ -91,6 +102,10 @@ def _train(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     preset = get_preset(args.preset) if args.preset else None
+    if args.init_from and not args.resume:
+        from vggjax.pretrained import inherit_model, read_run
+
+        preset = inherit_model(preset or get_preset("default"), read_run(args.init_from)[0])
     spec = parallel.resolve_spec(
         coordinator=args.coordinator,
         num_processes=args.num_processes,
@@ -228,6 +243,7 @@ def _predict_parser(sub) -> None:
     p.add_argument("--invert", choices=["auto", "yes", "no"], default="auto", help="make it light-on-black")
     p.add_argument("--checkpoint", help="weights folder to use instead of RUN_DIR/weights")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--labels", help="ImageNet runs (convert-torchvision): class names, one per line")
     p.set_defaults(func=_predict)
 
 
@@ -238,6 +254,10 @@ def _predict(args: argparse.Namespace) -> int:
     from vggjax.runs import load_run
 
     run = load_run(args.run_dir, args.checkpoint)
+    if run.config.dataset == "imagenet":  # converted torchvision weights: ImageNet preprocessing
+        if args.json:
+            raise ConfigError("--json is for Fashion-MNIST runs; drop it for ImageNet weights")
+        return _print_imagenet(run, args.images, top=args.top_k, labels=args.labels)
     results = predict_files(run, args.images, top_k=args.top_k, invert=args.invert)
     for r in results:
         if "error" in r:
@@ -272,6 +292,99 @@ def _receptive_field(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_parser(sub) -> None:
+    p = sub.add_parser(
+        "convert-torchvision",
+        help="convert a torchvision VGG .pth/.safetensors file into a vggjax run folder",
+        description="Convert a torchvision VGG state_dict (.pth or .safetensors) into a vggjax run folder "
+        "(config.json + weights/), for predict-imagenet and train --init-from. torch is not needed.",
+    )
+    p.add_argument("weights", help="torchvision state_dict file, e.g. vgg16-397923af.pth")
+    p.add_argument(
+        "--arch", required=True, help="the arch the file holds: vgg11 ... vgg19, vgg11_bn ... vgg19_bn"
+    )
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier (1.0 for torchvision's models)")
+    p.add_argument(
+        "--dataset",
+        default="imagenet",
+        choices=["imagenet", "fashion-mnist"],
+        help="what the weights were trained on (imagenet for torchvision's)",
+    )
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
+    p.set_defaults(func=_convert)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from vggjax.pretrained import convert_torchvision
+
+    config = convert_torchvision(
+        args.weights, args.arch, args.out, width=args.width, dataset=args.dataset, overwrite=args.overwrite
+    )
+    print(
+        f"converted {args.weights} ({config.arch}, {config.channels} channels, {config.num_classes} classes, "
+        f"head {config.head}) to {args.out}"
+    )
+    return 0
+
+
+def _export_parser(sub) -> None:
+    p = sub.add_parser(
+        "export-torchvision",
+        help="write a run's weights as a torchvision VGG state_dict",
+        description="Write a run's weights as a torchvision VGG state_dict: .safetensors (no torch needed; "
+        "safetensors.torch.load_file in PyTorch) or .pth (torch.save format; needs torch).",
+    )
+    p.add_argument("run_dir", help="run folder (from vggjax train or convert-torchvision)")
+    p.add_argument("out", help="output file, .pth or .safetensors")
+    p.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from vggjax.pretrained import export_torchvision
+
+    state = export_torchvision(args.run_dir, args.out)
+    print(f"wrote {len(state)} tensors to {args.out}")
+    return 0
+
+
+def _predict_imagenet_parser(sub) -> None:
+    p = sub.add_parser(
+        "predict-imagenet",
+        help="top-5 ImageNet classes of image files with converted torchvision weights",
+        description="Classify image files with a run from convert-torchvision: resize 256, centre crop 224, "
+        "RGB in [0, 1], torchvision's mean/std; prints the top classes and probabilities.",
+    )
+    p.add_argument("run_dir", help="run folder from vggjax convert-torchvision")
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--labels", help="class names, one per line (line i names class i)")
+    p.add_argument("--top", type=int, default=5, help="classes to print per image")
+    p.set_defaults(func=_predict_imagenet)
+
+
+def _predict_imagenet(args: argparse.Namespace) -> int:
+    from vggjax import imagenet
+    from vggjax.runs import load_run
+
+    run = load_run(args.run_dir)
+    imagenet.check_run(run.config, args.run_dir)
+    return _print_imagenet(run, args.images, top=args.top, labels=args.labels)
+
+
+def _print_imagenet(run, images: Sequence[str], *, top: int, labels: str | None) -> int:
+    """Top classes of each image under a converted torchvision run, one indented line each."""
+    from vggjax import imagenet
+
+    names = imagenet.read_labels(labels, run.config.num_classes) if labels else None
+    results = imagenet.predict_files(run.model, run.variables, images, top=max(1, top))
+    for path, (indices, probs) in zip(images, results, strict=True):
+        print(path)
+        for rank, (i, prob) in enumerate(zip(indices, probs, strict=True), 1):
+            name = f"  {names[i]}" if names else ""
+            print(f"  {rank}. {i:4d}  {prob:.4f}{name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vggjax`` argument parser with all subcommands."""
     parser = argparse.ArgumentParser(
@@ -283,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     _predict_parser(sub)
     _receptive_field_parser(sub)
+    _convert_parser(sub)
+    _export_parser(sub)
+    _predict_imagenet_parser(sub)
     return parser
 
 

@@ -16,6 +16,9 @@ from vggjax.errors import ConfigError
 from vggjax.models import HEADS, INITS
 
 SCHEDULES = ("constant", "cosine")
+# What a run's images are: Fashion-MNIST (what `vggjax train` trains on, scaled to [0, 1])
+# or ImageNet (converted torchvision weights: RGB, torchvision's mean/std, see imagenet.py).
+DATASETS = ("fashion-mnist", "imagenet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,14 @@ class TrainConfig:
       checkpoint_every: also checkpoint every N steps (None: only at the end of each epoch).
       keep: how many of the newest checkpoints to keep; the best by validation
         accuracy is kept as well.
+      channels: input channels of the model (1 for Fashion-MNIST, 3 for ImageNet weights).
+      num_classes: logits per example (10 for Fashion-MNIST, 1000 for ImageNet weights).
+      dataset: ``"fashion-mnist"`` or ``"imagenet"`` (a converted torchvision model); says
+        which preprocessing and labels the weights expect.
+      init_from: run folder whose weights start training (``vggjax train --init-from``);
+        its arch, width, head and hidden are used; fc8 is replaced when the classes differ.
+      adapt_channels: with ``init_from``, allow a different input channel count by
+        adapting the first conv (timm's ``in_chans``: RGB kernels summed for grey).
     """
 
     arch: str = "vgg11"
@@ -69,6 +80,11 @@ class TrainConfig:
     limit_test: int | None = None
     checkpoint_every: int | None = None
     keep: int = 3
+    channels: int = 1
+    num_classes: int = 10
+    dataset: str = "fashion-mnist"
+    init_from: str | None = None
+    adapt_channels: bool = False
 
     def resolved_arch(self) -> Arch:
         """The :class:`~vggjax.arch.Arch` this config trains (width applied)."""
@@ -82,7 +98,16 @@ class TrainConfig:
           ArchError: for an invalid arch or width, or an image size below the arch's minimum.
         """
         arch = self.resolved_arch()
-        positive = ("epochs", "batch_size", "eval_batch_size", "image_size", "hidden", "keep")
+        positive = (
+            "epochs",
+            "batch_size",
+            "eval_batch_size",
+            "image_size",
+            "hidden",
+            "keep",
+            "channels",
+            "num_classes",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -101,7 +126,7 @@ class TrainConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout_rate!r}")
         if not self.warmup_epochs >= 0:
             raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs!r}")
-        choices = {"schedule": SCHEDULES, "head": HEADS[:2], "init_scheme": INITS}
+        choices = {"schedule": SCHEDULES, "head": HEADS[:2], "init_scheme": INITS, "dataset": DATASETS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(

@@ -104,6 +104,11 @@ def evaluate_run(
         raise ConfigError(f"--mistakes must be >= 0, got {num_mistakes}")
     run_dir = Path(run_dir)
     run = load_run(run_dir, checkpoint_dir)
+    if run.config.dataset != "fashion-mnist":
+        raise ConfigError(
+            f"{run_dir} holds {run.config.dataset} weights; vggjax eval scores Fashion-MNIST runs "
+            "(fine-tune them first with vggjax train --init-from)"
+        )
     test = data.load_split("test", data_dir or run.config.data_dir, limit=limit_test, download=True)
     logits = predict_logits(run, test["image"], batch_size=batch_size)
     report = classification_report(logits, test["label"])

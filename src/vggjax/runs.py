@@ -27,7 +27,7 @@ class LoadedRun(NamedTuple):
 
     Attributes:
       config: the run's ``config.json``.
-      model: the :class:`~vggjax.models.VGG` rebuilt from it (10 classes).
+      model: the :class:`~vggjax.models.VGG` rebuilt from it (``config.num_classes`` classes).
       variables: ``{"params": ..., "batch_stats": ...}`` restored from the weights
         (``batch_stats`` only with BatchNorm).
       weights: the weights folder they came from.
@@ -68,7 +68,7 @@ def load_run(run_dir: str | Path, checkpoint_dir: str | Path | None = None) -> L
     except (ValueError, TypeError) as e:  # ConfigError, ArchError, or a field of the wrong type
         raise CheckpointError(f"{config_path} is not a usable config: {e}") from None
     model = make_model(config)
-    shape = (1, config.image_size, config.image_size, 1)
+    shape = (1, config.image_size, config.image_size, config.channels)
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape, jnp.float32)))
     weights = Path(checkpoint_dir) if checkpoint_dir is not None else run_dir / "weights"
     # train.py saves both collections, batch_stats empty without BatchNorm

@@ -28,7 +28,7 @@ from pathlib import Path
 import jax
 import optax
 
-from vggjax import data, parallel, run_folder, weights
+from vggjax import data, parallel, pretrained, run_folder, weights
 from vggjax.checkpoint import Position, RunCheckpoints
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
@@ -37,17 +37,17 @@ from vggjax.loop import Trainer, evaluate, warn_if_stuck
 from vggjax.metrics_writer import MetricsWriter
 from vggjax.models import VGG
 from vggjax.report import write_report
-from vggjax.steps import create_train_state, eval_step, train_step
+from vggjax.steps import TrainState, create_train_state, eval_step, train_step
 
 __all__ = ["describe", "evaluate", "make_model", "make_optimizer", "make_schedule", "train_and_evaluate"]
 _warn_if_stuck = warn_if_stuck  # its earlier name
 
 
-def make_model(config: TrainConfig, num_classes: int = 10) -> VGG:
-    """The :class:`~vggjax.models.VGG` a config describes."""
+def make_model(config: TrainConfig, num_classes: int | None = None) -> VGG:
+    """The :class:`~vggjax.models.VGG` a config describes (``num_classes`` overrides the config's)."""
     return VGG(
         config.resolved_arch(),
-        num_classes=num_classes,
+        num_classes=num_classes or config.num_classes,
         dropout_rate=config.dropout_rate,
         head=config.head,
         hidden=config.hidden,
@@ -83,6 +83,8 @@ def model_signature(config: TrainConfig) -> dict:
         "lrn": arch.lrn,
         "head": config.head,
         "hidden": config.hidden,
+        "channels": config.channels,
+        "num_classes": config.num_classes,
         "image_size": config.image_size,  # fc6's shape depends on it with the flatten head
     }
 
@@ -118,10 +120,13 @@ def train_and_evaluate(
 
     Raises:
       ConfigError, ArchError: for invalid settings or an unusable ``run_dir``, including
-        a ``batch_size`` or ``eval_batch_size`` that does not split over the devices.
+        a ``batch_size`` or ``eval_batch_size`` that does not split over the devices, or a
+        network that differs from the ``init_from`` run's.
       DataError: when Fashion-MNIST cannot be found, downloaded or read.
       CheckpointError: when resuming a folder that is not a run, has no checkpoint,
-        or whose newest checkpoint is truncated or from another model.
+        or whose newest checkpoint is truncated or from another model; when the
+        ``init_from`` weights cannot be read or do not fit (another channel count
+        without ``adapt_channels``).
       DivergedError: at the first non-finite loss or gradient (the last good checkpoint is kept).
       Interrupted: on SIGINT or SIGTERM, after saving a checkpoint.
     """
@@ -129,6 +134,14 @@ def train_and_evaluate(
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one")
+    if config.dataset != "fashion-mnist":
+        raise ConfigError(
+            f"vggjax train trains on Fashion-MNIST, but this config's dataset is {config.dataset!r}; "
+            "to fine-tune converted weights pass --init-from RUN_DIR instead"
+        )
+    source = pretrained.read_run(config.init_from) if config.init_from and not resume else None
+    if source:
+        pretrained.check_same_model(config, source[0])
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, flag="--eval-batch-size")
@@ -147,6 +160,14 @@ def train_and_evaluate(
             f"--batch-size {config.batch_size} is larger than the {n_train} training examples; "
             "lower --batch-size or raise --limit-train"
         )
+    channels = train_ds["image"].shape[-1]
+    if channels != config.channels:
+        raise ConfigError(
+            f"the images have {channels} channel(s) but the config says channels={config.channels}; "
+            "use channels=1 for Fashion-MNIST (--adapt-channels adapts 3-channel --init-from weights)"
+        )
+    if source:
+        pretrained.check_channels(source[1], channels, adapt_channels=config.adapt_channels)
     steps_per_epoch = data.num_batches(n_train, config.batch_size, drop_remainder=True)
     model = make_model(config)
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
@@ -154,10 +175,15 @@ def train_and_evaluate(
         create_train_state,
         model,
         make_optimizer(config, steps_per_epoch),
-        input_shape=(1, config.image_size, config.image_size, train_ds["image"].shape[-1]),
+        input_shape=(1, config.image_size, config.image_size, channels),
     )
     rep, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    state = jax.jit(init, out_shardings=rep)(init_rng)
+    if source:
+        init = functools.partial(_init_from, init, adapt_channels=config.adapt_channels, log=log)
+        state = jax.jit(init, out_shardings=rep)(init_rng, source[1])
+        log(f"initialised from {config.init_from}")
+    else:
+        state = jax.jit(init, out_shardings=rep)(init_rng)
     signature, checkpoints = model_signature(config), run_dir / run_folder.CHECKPOINTS
     start, partial, records = Position(1, 0), [], []
     if resume:
@@ -216,6 +242,14 @@ def train_and_evaluate(
     if best is not None:
         log(f"checkpoints in {checkpoints}; best validation accuracy at step {best}")
     return trainer.records[-1]
+
+
+def _init_from(init: Callable, rng: jax.Array, source: dict, *, adapt_channels: bool, log) -> TrainState:
+    """``init(rng)`` with its variables filled from ``source`` (see ``pretrained.transfer``); jittable."""
+    state = init(rng)
+    fresh = {"params": state.params, "batch_stats": state.batch_stats}
+    start = pretrained.transfer(source, fresh, adapt_channels=adapt_channels, log=log)
+    return state.replace(params=start["params"], batch_stats=start["batch_stats"])
 
 
 def _check_position(start: Position, config: TrainConfig, steps_per_epoch: int, run_dir: Path) -> None:

@@ -1,0 +1,323 @@
+"""torchvision VGG ``state_dict`` ⇄ vggjax variables, with strict key and shape checks.
+
+torchvision's VGG (``torchvision/models/vgg.py``) is ``features`` (a ``Sequential`` of
+``Conv2d`` [, ``BatchNorm2d``], ``ReLU`` per conv and a ``MaxPool2d`` per block, so the
+index ``N`` of ``features.N`` counts every one of them), ``avgpool``
+(``AdaptiveAvgPool2d(7)``) and ``classifier`` (``Linear``, ``ReLU``, ``Dropout`` twice,
+then ``Linear``: ``classifier.0/3/6`` are vggjax's ``fc6/fc7/fc8``). vggjax derives the
+same indices from :func:`vggjax.arch.layers`, so any arch tuple and width maps, not only
+the named ones.
+
+Conversions (PyTorch → Flax):
+  conv ``weight[O, I, kh, kw]`` → ``kernel[kh, kw, I, O]``; linear ``weight[O, I]`` →
+  ``kernel[I, O]``; BatchNorm ``weight, bias, running_mean, running_var`` → params
+  ``scale, bias`` and batch_stats ``mean, var`` (``num_batches_tracked`` is dropped on
+  import and written as 0 on export). ``fc6`` also permutes its inputs: PyTorch flattens
+  the last map channel-first (``c·s² + h·s + w``), vggjax NHWC (``(h·s + w)·C + c``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vggjax.arch import ALIASES, Arch, get_arch, layers
+from vggjax.errors import ArchError, CheckpointError
+from vggjax.models import VGG
+
+ADAPTIVE_SIDE = 7  # torchvision's AdaptiveAvgPool2d((7, 7)) before classifier.0
+FC_INDICES = {"fc6": 0, "fc7": 3, "fc8": 6}
+BN_KEYS = ("weight", "bias", "running_mean", "running_var")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadShape:
+    """What a state_dict says beyond the arch: input channels and the dense head's sizes.
+
+    Attributes:
+      channels: input channels of the first conv (3 for ImageNet weights).
+      hidden: width of fc6 and fc7 (4096 in torchvision), or None for a headless file.
+      num_classes: outputs of fc8 (1000 for ImageNet), or None for a headless file.
+      side: side of the last map that fc6 flattens: 7 for torchvision's adaptive head.
+    """
+
+    channels: int = 3
+    hidden: int | None = 4096
+    num_classes: int | None = 1000
+    side: int | None = ADAPTIVE_SIDE
+
+    @property
+    def head(self) -> str | None:
+        """vggjax's head for this shape: ``"adaptive"`` (side 7), ``"flatten"`` or None."""
+        if self.hidden is None:
+            return None
+        return "adaptive" if self.side == ADAPTIVE_SIDE else "flatten"
+
+    def model(self, arch: Arch) -> VGG:
+        """The :class:`~vggjax.models.VGG` whose variables match such a state_dict."""
+        return VGG(
+            arch,
+            num_classes=self.num_classes or 1,
+            hidden=self.hidden or 1,
+            head=self.head,
+            init_scheme="torchvision",
+        )
+
+
+def torchvision_layout(arch: Arch) -> Iterator[tuple[str, tuple[str, ...], str, int, int]]:
+    """torchvision module names for an arch's weighted layers, in order.
+
+    Yields:
+      ``(torch_prefix, vggjax_path, kind, channels, kernel)``, e.g.
+      ``("features.1", ("block1", "bn1"), "bn", 64, 1)`` or
+      ``("classifier.0", ("fc6",), "dense", 0, 0)``.
+
+    Raises:
+      ArchError: for the paper's A-LRN, which torchvision has no layout for.
+    """
+    if arch.lrn:
+        raise ArchError("torchvision has no LRN layer, so A-LRN has no torchvision layout; use vgg11")
+    for index, layer in enumerate(layers(arch)):
+        if layer.kind in ("conv", "bn"):
+            b, i = layer.name[len(layer.kind) :].split("_")
+            path = (f"block{b}", f"{layer.kind}{i}")
+            yield f"features.{index}", path, layer.kind, layer.channels, layer.kernel
+    for name, index in FC_INDICES.items():
+        yield f"classifier.{index}", (name,), "dense", 0, 0
+
+
+def expected_shapes(arch: Arch, head: HeadShape) -> dict[str, tuple[int, ...]]:
+    """Every key of the torchvision state_dict for ``arch`` and ``head``, with its shape."""
+    out: dict[str, tuple[int, ...]] = {}
+    c_in = head.channels
+    for prefix, _, kind, c, k in torchvision_layout(arch):
+        if kind == "conv":
+            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (c, c_in, k, k), (c,)
+            c_in = c
+        elif kind == "bn":
+            out.update({f"{prefix}.{key}": (c,) for key in BN_KEYS})
+        elif head.hidden is not None:
+            index = int(prefix.split(".")[1])
+            fan_in = {0: arch.out_channels * (head.side or 0) ** 2, 3: head.hidden, 6: head.hidden}[index]
+            fan_out = head.num_classes if index == 6 else head.hidden
+            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (fan_out, fan_in), (fan_out,)
+    return out
+
+
+def strip_module_prefix(state: Mapping[str, np.ndarray], log: Callable[[str], None] = print) -> dict:
+    """Removes the ``module.`` prefix that ``DataParallel``/``DistributedDataParallel`` add.
+
+    Only when every key has it; says so through ``log``.
+    """
+    if state and all(k.startswith("module.") for k in state):
+        log("note: stripped the 'module.' prefix (a DataParallel/DistributedDataParallel state_dict)")
+        return {k.removeprefix("module."): v for k, v in state.items()}
+    return dict(state)
+
+
+def head_shape(state: Mapping[str, np.ndarray], arch: Arch) -> HeadShape:
+    """Reads input channels, hidden width, classes and fc6's map side off a state_dict."""
+    first = state.get("features.0.weight")
+    channels = int(first.shape[1]) if first is not None and first.ndim == 4 else 3
+    fc6, fc8 = state.get("classifier.0.weight"), state.get("classifier.6.weight")
+    if fc6 is None or fc8 is None or fc6.ndim != 2 or fc8.ndim != 2:
+        if not any(k.startswith("classifier.") for k in state):
+            return HeadShape(channels, None, None, None)
+        return HeadShape(channels)
+    side = math.isqrt(fc6.shape[1] // arch.out_channels)
+    if side * side * arch.out_channels != fc6.shape[1]:
+        side = ADAPTIVE_SIDE  # the shape check below names the mismatch
+    return HeadShape(channels, int(fc6.shape[0]), int(fc8.shape[0]), side)
+
+
+def guess_arch(state: Mapping[str, np.ndarray]) -> str | None:
+    """The torchvision name (``vgg11`` … ``vgg19_bn``) whose layout the file's features have."""
+    for base in ALIASES:
+        for name in (base, f"{base}_bn"):
+            arch = get_arch(name)
+            shapes = expected_shapes(arch, head_shape(state, arch))
+            feats = {k: v for k, v in shapes.items() if k.startswith("features.")}
+            have = {k: tuple(v.shape) for k, v in state.items() if k.startswith("features.")}
+            have = {k: v for k, v in have.items() if not k.endswith("num_batches_tracked")}
+            if have == feats:
+                return name
+    return None
+
+
+def from_torchvision(
+    state: Mapping[str, np.ndarray],
+    arch: str | Arch,
+    *,
+    log: Callable[[str], None] = print,
+) -> tuple[dict[str, Any], HeadShape]:
+    """Converts a torchvision VGG state_dict into vggjax variables.
+
+    Args:
+      state: ``{key: array}``, e.g. from :func:`vggjax.torchfile.read_state_dict`;
+        conv weights ``float32[O, I, kh, kw]``, linear ``float32[O, I]``.
+      arch: the arch the file holds: a name (``vgg16``, ``vgg11_bn``), literal or Arch.
+      log: where notes (a stripped ``module.`` prefix) go.
+
+    Returns:
+      ``({"params": ..., "batch_stats": ...}, head)``; ``head.model(arch)`` is the
+      matching :class:`~vggjax.models.VGG` (head ``"adaptive"`` for torchvision files).
+
+    Raises:
+      CheckpointError: for plain weights given for a BatchNorm arch or the reverse
+        (naming both variants), a missing or unexpected key, or a shape mismatch
+        (naming the key and both shapes; suggesting the arch the file looks like).
+      ArchError: for an invalid arch or A-LRN.
+    """
+    arch = get_arch(arch)
+    state = strip_module_prefix(state, log)
+    state = {k: v for k, v in state.items() if not k.endswith(".num_batches_tracked")}
+    _check_variant(state, arch)
+    head = head_shape(state, arch)
+    _check_keys_and_shapes(state, arch, head)
+    params: dict[str, Any] = {}
+    stats: dict[str, Any] = {}
+    for prefix, path, kind, _, _ in torchvision_layout(arch):
+        if kind == "dense" and head.hidden is None:
+            continue
+        w, b = (np.asarray(state[f"{prefix}.{key}"], np.float32) for key in ("weight", "bias"))
+        if kind == "conv":
+            leaf = {"kernel": w.transpose(2, 3, 1, 0), "bias": b}
+        elif kind == "bn":
+            leaf = {"scale": w, "bias": b}
+            running = {k: np.asarray(state[f"{prefix}.running_{k}"], np.float32) for k in ("mean", "var")}
+            _set(stats, path, running)
+        elif path == ("fc6",):
+            leaf = {"kernel": fc6_from_torch(w, arch.out_channels, head.side), "bias": b}
+        else:
+            leaf = {"kernel": w.T, "bias": b}
+        _set(params, path, {k: np.ascontiguousarray(v) for k, v in leaf.items()})
+    variables = {"params": params, "batch_stats": stats}
+    _check_against_model(variables, head.model(arch), head)
+    return variables, head
+
+
+def to_torchvision(variables: Mapping[str, Any], arch: str | Arch) -> dict[str, np.ndarray]:
+    """Converts vggjax variables back into a torchvision VGG state_dict (numpy arrays).
+
+    Inverse of :func:`from_torchvision`; BatchNorm layers get ``num_batches_tracked = 0``
+    so ``load_state_dict(strict=True)`` accepts the result. A headless model exports
+    ``features.*`` only; a flatten head's fc6 keeps its map side.
+
+    Raises:
+      CheckpointError: if the variables do not match ``arch`` (a missing layer).
+      ArchError: for an invalid arch or A-LRN.
+    """
+    arch = get_arch(arch)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    out: dict[str, np.ndarray] = {}
+    for prefix, path, kind, _, _ in torchvision_layout(arch):
+        try:
+            leaf = _get(params, path)
+        except KeyError:
+            if kind == "dense":
+                continue
+            raise CheckpointError(f"the variables have no {'/'.join(path)}; are they for {arch}?") from None
+        leaf = {k: np.asarray(v, np.float32) for k, v in leaf.items()}
+        if kind == "conv":
+            weight = leaf["kernel"].transpose(3, 2, 0, 1)
+        elif kind == "bn":
+            weight = leaf["scale"]
+        elif path == ("fc6",):
+            weight = fc6_to_torch(leaf["kernel"], arch.out_channels)
+        else:
+            weight = leaf["kernel"].T
+        out[f"{prefix}.weight"], out[f"{prefix}.bias"] = weight, leaf["bias"]
+        if kind == "bn":  # in torch's order, after weight and bias
+            bn_stats = _get(stats, path)
+            out[f"{prefix}.running_mean"] = np.asarray(bn_stats["mean"], np.float32)
+            out[f"{prefix}.running_var"] = np.asarray(bn_stats["var"], np.float32)
+            out[f"{prefix}.num_batches_tracked"] = np.array(0, np.int64)
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def fc6_from_torch(weight: np.ndarray, channels: int, side: int) -> np.ndarray:
+    """``float32[O, C·s·s]`` (NCHW flatten) → fc6 kernel ``float32[s·s·C, O]`` (NHWC flatten)."""
+    out = weight.shape[0]
+    return (
+        weight.reshape(out, channels, side, side).transpose(2, 3, 1, 0).reshape(side * side * channels, out)
+    )
+
+
+def fc6_to_torch(kernel: np.ndarray, channels: int) -> np.ndarray:
+    """Inverse of :func:`fc6_from_torch`: fc6 kernel ``[s·s·C, O]`` → ``weight[O, C·s·s]``."""
+    fan_in, out = kernel.shape
+    side = math.isqrt(fan_in // channels)
+    return kernel.reshape(side, side, channels, out).transpose(3, 2, 0, 1).reshape(out, fan_in)
+
+
+def _check_variant(state: Mapping[str, np.ndarray], arch: Arch) -> None:
+    file_bn = any(k.endswith(".running_mean") for k in state)
+    if file_bn == arch.batch_norm:
+        return
+    ours = arch.name or str(arch)
+    if arch.name and arch.name.startswith("vgg"):
+        theirs = ours.removesuffix("_bn") if arch.batch_norm else f"{ours}_bn"
+    else:
+        theirs = "the BatchNorm variant" if file_bn else "the variant without BatchNorm"
+    if file_bn:
+        found = next(k for k in state if k.endswith(".running_mean"))
+        raise CheckpointError(
+            f"the file holds BatchNorm weights ({found}), i.e. {theirs}, but the arch is {ours} "
+            f"(no BatchNorm); pass --arch {theirs}"
+        )
+    raise CheckpointError(
+        f"the file holds weights without BatchNorm, i.e. {theirs}, but the arch is {ours} "
+        f"(with BatchNorm); pass --arch {theirs}"
+    )
+
+
+def _check_keys_and_shapes(state: Mapping[str, np.ndarray], arch: Arch, head: HeadShape) -> None:
+    expected = expected_shapes(arch, head)
+    guess = guess_arch(state)
+    hint = f"; the file looks like {guess}: pass --arch {guess}" if guess and guess != arch.name else ""
+    name = arch.name or str(arch)
+    missing = [k for k in expected if k not in state]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"the file has no {missing[0]}{more}, which {name} needs{hint}")
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise CheckpointError(
+            f"unexpected key {unexpected[0]}{more} in the file: {name} has no such layer{hint}"
+        )
+    for key, shape in expected.items():
+        have = tuple(np.shape(state[key]))
+        if have != shape:
+            raise CheckpointError(
+                f"{key}: the file has shape {list(have)} but {name} expects {list(shape)}{hint}"
+            )
+
+
+def _check_against_model(variables: dict, model: VGG, head: HeadShape) -> None:
+    """Guards the conversion itself: the tree must be what the model's init makes."""
+    side = head.side * 2 ** len(model.spec.blocks) if head.side else model.spec.min_input_size
+    x = jax.ShapeDtypeStruct((1, side, side, head.channels), jnp.float32)
+    want = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    want = {"params": want["params"], "batch_stats": want.get("batch_stats", {})}
+    got_shapes = jax.tree.map(np.shape, variables)
+    if jax.tree.map(lambda s: tuple(s.shape), want) != got_shapes:
+        raise CheckpointError(f"converted variables do not match {model.spec}; please report this file")
+
+
+def _set(tree: dict, path: tuple[str, ...], leaf: dict) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = leaf
+
+
+def _get(tree: Mapping, path: tuple[str, ...]) -> Mapping:
+    for key in path:
+        tree = tree[key]
+    return tree

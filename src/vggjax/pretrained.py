@@ -1,0 +1,285 @@
+"""Run folders from and to other weights: torchvision files, fine-tuning starts.
+
+``convert_torchvision`` turns a torchvision ``.pth``/``.safetensors`` file into a run
+folder (``config.json`` + ``weights/``) and ``export_torchvision`` does the reverse;
+``transfer`` starts a new model from a run's weights (``vggjax train --init-from``),
+replacing the classifier and adapting the input channels where asked. Variables are Flax
+trees ``{"params": ..., "batch_stats": ...}`` with paths ``block{b}/conv{i}``, ``fc6`` … ``fc8``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vggjax import checkpoint, interop, run_folder, torchfile
+from vggjax.arch import get_arch
+from vggjax.config import TrainConfig
+from vggjax.errors import CheckpointError, ConfigError
+from vggjax.files import atomic_write_text
+
+# Fields that define the network (and so must match the weights); the rest is training.
+MODEL_FIELDS = ("arch", "width", "head", "hidden")
+REPLACEABLE = ("fc8",)  # re-initialised when the class count differs
+
+
+def read_run(run_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """Reads a run folder written by ``vggjax train`` or ``vggjax convert-torchvision``, as saved.
+
+    Unlike :func:`vggjax.runs.load_run` no model is rebuilt to check the weights against:
+    fine-tuning builds a different one (new fc8, other channels) and checks in :func:`transfer`.
+
+    Returns:
+      ``(config, variables)``: the run's :class:`~vggjax.config.TrainConfig` and its
+      Flax variables (numpy arrays), e.g. ``params/block1/conv1/kernel: float32[3, 3, 3, 64]``.
+
+    Raises:
+      CheckpointError: if ``run_dir`` has no ``config.json`` or ``weights/``, or they
+        cannot be read.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise CheckpointError(
+            f"{run_dir} is not a vggjax run folder (no config.json); give a folder written by "
+            "vggjax train or vggjax convert-torchvision"
+        )
+    try:
+        config = TrainConfig.load(run_dir / "config.json")
+    except ValueError as e:
+        raise CheckpointError(f"{run_dir}/config.json: {e}") from None
+    variables = checkpoint.load_variables(run_dir / "weights")
+    return config, {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
+
+
+def save_run(
+    run_dir: str | Path, config: TrainConfig, variables: Mapping[str, Any], *, overwrite: bool
+) -> None:
+    """Writes ``config.json`` and ``weights/`` into a new (or, with ``overwrite``, reused) folder.
+
+    Raises:
+      ConfigError: if the folder holds files and ``overwrite`` is False, or cannot be created.
+    """
+    run_dir = Path(run_dir)
+    run_folder.check_new_run_dir(run_dir, overwrite=overwrite)
+    run_folder.prepare_run_dir(run_dir, overwrite=overwrite)
+    atomic_write_text(run_dir / "config.json", config.to_json() + "\n")
+    checkpoint.save_variables(run_dir / "weights", dict(variables))
+
+
+def convert_torchvision(
+    path: str | Path,
+    arch: str,
+    run_dir: str | Path,
+    *,
+    width: float = 1.0,
+    dataset: str = "imagenet",
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> TrainConfig:
+    """Converts a torchvision VGG weights file into a vggjax run folder.
+
+    The folder's ``config.json`` describes the model (for ImageNet weights: 3 channels,
+    1000 classes, the adaptive head at 224×224, ``dataset="imagenet"``), so
+    ``vggjax predict-imagenet`` and ``vggjax train --init-from`` can use it.
+
+    Args:
+      path: a ``torch.save`` state_dict (``.pth``) or ``.safetensors`` file.
+      arch: the arch the file holds (``vgg16``, ``vgg11_bn``, or a literal).
+      run_dir: output folder.
+      width: width multiplier of ``arch`` (1.0 for torchvision's models).
+      dataset: what the weights were trained on: ``"imagenet"`` (torchvision's) or
+        ``"fashion-mnist"`` (a model exported by ``vggjax export-torchvision``).
+      overwrite: allow a non-empty ``run_dir``.
+      log: where notes go.
+
+    Returns:
+      The config written to ``run_dir/config.json``.
+
+    Raises:
+      CheckpointError: for an unreadable file or one that does not hold ``arch``
+        (see :func:`vggjax.interop.from_torchvision`), or a file without a classifier.
+      ConfigError: if ``run_dir`` is not empty and ``overwrite`` is False, or for an
+        unknown ``dataset``.
+    """
+    spec = get_arch(arch, width=width)
+    variables, head = interop.from_torchvision(torchfile.read_state_dict(path), spec, log=log)
+    if head.head is None:
+        raise CheckpointError(
+            f"{path} has no classifier.* weights; convert it with vggjax.interop.from_torchvision"
+        )
+    config = TrainConfig(
+        arch=arch,
+        width=width,
+        image_size=head.side * 2 ** len(spec.blocks),
+        head=head.head,
+        hidden=head.hidden,
+        init_scheme="torchvision",
+        channels=head.channels,
+        num_classes=head.num_classes,
+        dataset=dataset,
+    ).validate()
+    save_run(run_dir, config, variables, overwrite=overwrite)
+    return config
+
+
+def export_torchvision(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
+    """Writes a run's weights as a torchvision VGG state_dict (``.pth`` or ``.safetensors``).
+
+    Returns:
+      The exported ``{key: array}``.
+
+    Raises:
+      CheckpointError: if ``run_dir`` is not a run folder, or a ``.pth`` is asked for
+        without torch installed.
+    """
+    config, variables = read_run(run_dir)
+    state = interop.to_torchvision(variables, config.resolved_arch())
+    torchfile.write_state_dict(path, state)
+    return state
+
+
+def inherit_model(config: TrainConfig, source: TrainConfig) -> TrainConfig:
+    """``config`` with the network fields (arch, width, head, hidden) of ``source``."""
+    return dataclasses.replace(config, **{name: getattr(source, name) for name in MODEL_FIELDS})
+
+
+def check_same_model(config: TrainConfig, source: TrainConfig) -> None:
+    """Checks that ``config`` builds the network whose weights ``source`` holds.
+
+    Raises:
+      ConfigError: naming the first field that differs and both values.
+    """
+    for name in MODEL_FIELDS:
+        mine, theirs = getattr(config, name), getattr(source, name)
+        if mine != theirs:
+            flag = name.replace("_", "-")
+            raise ConfigError(
+                f"--{flag} {mine!r} differs from the --init-from run's {theirs!r}; drop --{flag} "
+                "(the network comes from the weights)"
+            )
+
+
+def input_channels(variables: Mapping[str, Any]) -> int:
+    """Input channels the first conv takes (``block1/conv1`` kernel ``[kh, kw, C_in, C_out]``)."""
+    return int(np.shape(variables["params"]["block1"]["conv1"]["kernel"])[2])
+
+
+def check_channels(source: Mapping[str, Any], channels: int, *, adapt_channels: bool) -> None:
+    """Checks that pretrained weights take ``channels`` inputs, or that adapting them is allowed.
+
+    Raises:
+      CheckpointError: naming both channel counts and the ``--adapt-channels`` option.
+    """
+    have = input_channels(source)
+    if have != channels and not adapt_channels:
+        raise CheckpointError(
+            f"the pretrained weights take {have} input channels but the data has {channels}; pass "
+            "--adapt-channels to adapt the first conv (timm's in_chans: RGB kernels summed for grey)"
+        )
+
+
+def adapt_input_channels(variables: Mapping[str, Any], channels: int) -> dict[str, Any]:
+    """Adapts the first conv to ``channels`` inputs the way timm's ``adapt_input_conv`` does.
+
+    From timm (``timm/models/_manipulate.py``, ``in_chans``): for one channel the kernel
+    is summed over its input channels (a grey image ``g`` then gives the same
+    pre-activation as the RGB image ``(g, g, g)``); from 3 (RGB) to ``n`` channels the RGB
+    kernel is tiled and scaled by ``3 / n``.
+
+    Args:
+      variables: Flax variables whose ``params/block1/conv1/kernel`` is
+        ``float32[kh, kw, C_in, C_out]``.
+      channels: the new input channel count.
+
+    Returns:
+      A copy of ``variables`` with ``kernel`` of ``float32[kh, kw, channels, C_out]`` (a JAX
+      array; this also runs under ``jax.jit``).
+
+    Raises:
+      CheckpointError: when neither rule applies (``C_in`` is not 3 and ``channels`` is not 1).
+    """
+    params = variables["params"]
+    conv = params["block1"]["conv1"]
+    kernel = jnp.asarray(conv["kernel"], jnp.float32)
+    have = kernel.shape[2]
+    if channels == have:
+        return dict(variables)
+    if channels == 1:
+        new = kernel.sum(axis=2, keepdims=True)
+    elif have == 3 and channels > 0:
+        new = jnp.tile(kernel, (1, 1, math.ceil(channels / 3), 1))[:, :, :channels] * (3 / channels)
+    else:
+        raise CheckpointError(
+            f"cannot adapt a first conv with {have} input channels to {channels}; timm's rule goes "
+            "from 3 (RGB) to any count, or from any count to 1"
+        )
+    block1 = {**params["block1"], "conv1": {**conv, "kernel": new}}
+    return {**variables, "params": {**params, "block1": block1}}
+
+
+def transfer(
+    source: Mapping[str, Any],
+    target: Mapping[str, Any],
+    *,
+    adapt_channels: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Fills freshly initialised ``target`` variables from pretrained ``source`` ones.
+
+    Every variable is copied from ``source``, except ``fc8`` when the class counts
+    differ (kept from ``target``: a new classifier) and the first conv when the
+    channel counts differ and ``adapt_channels`` is set (see :func:`adapt_input_channels`).
+
+    Args:
+      source: pretrained variables, e.g. from :func:`read_run`.
+      target: variables of the model to train (same arch), e.g. from ``model.init``.
+      adapt_channels: allow a different input channel count.
+      log: where notes (a replaced classifier, adapted channels) go.
+
+    Returns:
+      Variables with ``target``'s tree and shapes.
+
+    Raises:
+      CheckpointError: for a channel count that differs without ``adapt_channels``
+        (naming both counts), or any other variable missing from ``source`` or of
+        another shape (naming its path and both shapes).
+    """
+    have, want = input_channels(source), input_channels(target)
+    check_channels(source, want, adapt_channels=adapt_channels)
+    if have != want:
+        log(f"adapted the first conv from {have} to {want} input channels (timm's in_chans rule)")
+        source = adapt_input_channels(source, want)
+    flat_source = dict(jax.tree_util.tree_leaves_with_path(source))
+    replaced: set[str] = set()
+
+    def pick(path, leaf):
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        mine = flat_source.get(path)
+        if mine is not None and np.shape(mine) == np.shape(leaf):
+            return mine
+        layer = name.split("/")[1]
+        if mine is not None and layer in REPLACEABLE:
+            replaced.add(
+                f"new {layer} for {np.shape(leaf)[-1]} classes (the pretrained one has {np.shape(mine)[-1]})"
+            )
+            return leaf
+        if mine is None:
+            raise CheckpointError(f"the pretrained weights have no {name}; are they for another arch?")
+        flat = name.endswith("fc6/kernel") and np.shape(mine)[0] != np.shape(leaf)[0]
+        hint = "; with a flatten head, train at the --init-from run's --image-size" if flat else ""
+        raise CheckpointError(
+            f"{name}: the pretrained weights have shape {list(np.shape(mine))} but the model needs "
+            f"{list(np.shape(leaf))}{hint}"
+        )
+
+    out = jax.tree_util.tree_map_with_path(pick, dict(target))
+    for note in sorted(replaced):
+        log(note)
+    return out

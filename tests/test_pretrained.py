@@ -1,0 +1,120 @@
+import json
+
+import jax
+import numpy as np
+import pytest
+import torch
+from torch_vgg import make_torch_vgg
+
+from vggjax import pretrained
+from vggjax.arch import get_arch
+from vggjax.errors import CheckpointError, ConfigError
+from vggjax.interop import HeadShape
+from vggjax.torchfile import read_state_dict
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small torchvision-layout vgg11_bn (20 classes) saved as .pth, and its folder."""
+    root = tmp_path_factory.mktemp("small")
+    module = make_torch_vgg("vgg11_bn", width=0.125, hidden=64, num_classes=20)
+    torch.save(module.state_dict(), root / "small.pth")
+    pretrained.convert_torchvision(
+        root / "small.pth", "vgg11_bn", root / "run", width=0.125, log=lambda _: None
+    )
+    return module, root
+
+
+def random_variables(model, channels, seed=0):
+    shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 32, 32, channels), np.float32))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
+
+
+def test_convert_writes_a_run_folder_describing_the_model(small):
+    module, root = small
+    config = json.loads((root / "run" / "config.json").read_text())
+    assert config["arch"] == "vgg11_bn" and config["width"] == 0.125 and config["head"] == "adaptive"
+    assert (config["channels"], config["num_classes"], config["hidden"]) == (3, 20, 64)
+    assert config["dataset"] == "imagenet" and config["image_size"] == 224
+    loaded, variables = pretrained.read_run(root / "run")
+    assert loaded.num_classes == 20
+    np.testing.assert_array_equal(
+        variables["params"]["block1"]["conv1"]["kernel"],
+        module.features[0].weight.detach().numpy().transpose(2, 3, 1, 0),
+    )
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_export_loads_strictly_into_pytorch_with_the_same_logits(small, tmp_path, suffix):
+    module, root = small
+    out = tmp_path / f"back{suffix}"
+    pretrained.export_torchvision(root / "run", out)
+    clone = make_torch_vgg("vgg11_bn", width=0.125, hidden=64, num_classes=20, seed=99)
+    state = {k: torch.from_numpy(v) for k, v in read_state_dict(out).items()}
+    clone.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), module(x), rtol=0, atol=0)
+
+
+def test_adapt_input_channels_follows_timm():
+    kernel = np.random.default_rng(0).standard_normal((3, 3, 3, 8)).astype(np.float32)
+    variables = {"params": {"block1": {"conv1": {"kernel": kernel, "bias": np.zeros(8, np.float32)}}}}
+    grey = pretrained.adapt_input_channels(variables, 1)["params"]["block1"]["conv1"]["kernel"]
+    # A grey pixel g through the summed kernel = the RGB pixel (g, g, g) through the original.
+    np.testing.assert_allclose(grey[:, :, 0], kernel.sum(axis=2), rtol=1e-6)
+    five = pretrained.adapt_input_channels(variables, 5)["params"]["block1"]["conv1"]["kernel"]
+    np.testing.assert_allclose(five, np.concatenate([kernel, kernel[:, :, :2]], axis=2) * 3 / 5, rtol=1e-6)
+    assert variables["params"]["block1"]["conv1"]["kernel"] is kernel  # not mutated
+    with pytest.raises(CheckpointError, match="cannot adapt a first conv with 5 input channels to 2"):
+        pretrained.adapt_input_channels({"params": {"block1": {"conv1": {"kernel": five}}}}, 2)
+
+
+def test_transfer_replaces_only_fc8_and_needs_the_adaptation_option():
+    arch = get_arch("vgg11", width=0.125)
+    source = random_variables(HeadShape(3, 64, 1000).model(arch), 3, seed=1)
+    target = random_variables(HeadShape(1, 64, 10).model(arch), 1, seed=2)
+    with pytest.raises(
+        CheckpointError, match="take 3 input channels but the data has 1; pass --adapt-channels"
+    ):
+        pretrained.transfer(source, target)
+    notes = []
+    out = pretrained.transfer(source, target, adapt_channels=True, log=notes.append)
+    assert notes == [
+        "adapted the first conv from 3 to 1 input channels (timm's in_chans rule)",
+        "new fc8 for 10 classes (the pretrained one has 1000)",
+    ]
+    jax.tree.map(np.testing.assert_array_equal, out["params"]["fc8"], target["params"]["fc8"])
+    for path in (("block3", "conv2"), ("fc6",), ("fc7",)):
+        mine, theirs = out["params"], source["params"]
+        for key in path:
+            mine, theirs = mine[key], theirs[key]
+        jax.tree.map(np.testing.assert_array_equal, mine, theirs)
+    np.testing.assert_allclose(
+        out["params"]["block1"]["conv1"]["kernel"][:, :, 0],
+        source["params"]["block1"]["conv1"]["kernel"].sum(axis=2),
+        rtol=1e-6,
+    )
+    wide = random_variables(HeadShape(1, 128, 10).model(arch), 1)
+    with pytest.raises(
+        CheckpointError,
+        match=r"params/fc6/bias: the pretrained weights have shape \[64\] but the model needs \[128\]$",
+    ):
+        pretrained.transfer(source, wide, adapt_channels=True, log=lambda _: None)
+
+
+def test_init_from_must_keep_the_network(small):
+    _, root = small
+    source, _ = pretrained.read_run(root / "run")
+    from vggjax.config import TrainConfig
+
+    config = pretrained.inherit_model(TrainConfig(), source)
+    assert (config.arch, config.width, config.head, config.hidden) == ("vgg11_bn", 0.125, "adaptive", 64)
+    assert (config.channels, config.num_classes, config.dataset) == (1, 10, "fashion-mnist")
+    with pytest.raises(ConfigError, match="--arch 'vgg16' differs from the --init-from run's 'vgg11_bn'"):
+        pretrained.check_same_model(
+            TrainConfig(arch="vgg16", width=0.125, head="adaptive", hidden=64), source
+        )
+    with pytest.raises(CheckpointError, match="not a vggjax run folder"):
+        pretrained.read_run(root)
