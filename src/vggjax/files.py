@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Writes ``data`` to a temp file beside ``path``, fsyncs it, then renames it into place.
 
