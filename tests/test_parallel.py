@@ -215,19 +215,26 @@ def _run_processes(out, n: int, devices_each: int, extra: list[str]) -> list[str
     return _finish(workers, logs, time.monotonic() + DEADLINE)
 
 
-def test_two_processes_match_one_device(tmp_path, one_device_run):
-    out = tmp_path / "two"
-    logs = _run_processes(out, 2, 2, [])
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """The test config trained uninterrupted by two processes of two CPU devices each."""
+    out = tmp_path_factory.mktemp("parallel") / "two"
+    return out, _run_processes(out, 2, 2, [])
+
+
+def test_two_processes_match_one_device(two_process_run, one_device_run):
+    out, logs = two_process_run
     assert "devices: 4 (cpu) in 2 process(es), 2 on this one" in logs[0]
     assert "params identical on all 2 processes (4 devices)" in logs[0]  # bitwise, checked by CRC
     assert "epoch 2/2" in logs[0] and "epoch" not in logs[1]  # only process 0 logs
     _assert_same_run(out, one_device_run)
 
 
-def test_two_processes_stopped_by_sigterm_resume_to_the_same_run(tmp_path, one_device_run):
-    """SIGTERM to both workers (as a cluster's preemption does) after their first step checkpoint;
-    both stop at the same step and save; two processes resume the run to the end."""
-    out = tmp_path / "two"
+def test_two_processes_stopped_by_sigterm_resume_to_the_same_run(tmp_path, one_device_run, two_process_run):
+    """SIGTERM to both workers (as a cluster's preemption does) after their first step checkpoint:
+    both stop at the same step and save; two processes resume the run to its end, bitwise
+    equal to the uninterrupted two-process run."""
+    out = tmp_path / "two-stopped"
     deadline = time.monotonic() + DEADLINE
     logs = _logs(out, 2)
     workers = _start_processes(2, 2, [*ARGS, "--out", str(out), "--checkpoint-every", "1"], logs)
@@ -250,3 +257,12 @@ def test_two_processes_stopped_by_sigterm_resume_to_the_same_run(tmp_path, one_d
     assert f"resuming {out} from step {step}" in texts[0]
     assert "params identical on all 2 processes (4 devices)" in texts[0]  # bitwise, checked by CRC
     _assert_same_run(out, one_device_run)
+    straight = two_process_run[0]
+    with (
+        checkpoint.RunCheckpoints(out / "checkpoints") as a,
+        checkpoint.RunCheckpoints(straight / "checkpoints") as b,
+    ):
+        got, want = a.read(16)["state"], b.read(16)["state"]  # params, batch_stats, opt_state, step, rng
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
