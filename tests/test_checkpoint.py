@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vggjax import parallel
 from vggjax.checkpoint import Position, RunCheckpoints
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError
@@ -72,6 +73,21 @@ def test_round_trip_restores_every_part(tmp_path):
         assert_trees_equal(getattr(restored.state, part), getattr(state, part))
     momentum = jax.tree.leaves(restored.state.opt_state)
     assert any(np.abs(np.asarray(m)).max() > 0 for m in momentum if np.asarray(m).dtype == np.float32)
+
+
+def test_restore_puts_every_array_in_the_given_sharding(tmp_path):
+    """Orbax reads into the mesh's replicated sharding, where training's init puts a fresh state."""
+    rep = parallel.replicated(parallel.data_mesh())
+    state = trained_state()
+    with RunCheckpoints(tmp_path / "ck") as ckpts:
+        ckpts.save(state, rng=jax.random.key(7), position=Position(1, 2), model=model_signature(CONFIG))
+    with RunCheckpoints(tmp_path / "ck") as ckpts:
+        restored = ckpts.restore(
+            fresh_state(), jax.random.key(0), model=model_signature(CONFIG), sharding=rep
+        )
+    leaves = jax.tree.leaves(restored.state) + [restored.rng]
+    assert len(leaves) > 40 and all(leaf.sharding == rep for leaf in leaves)
+    assert_trees_equal(restored.state.params, state.params)
 
 
 def test_keeps_last_k_and_the_best(tmp_path):
@@ -136,6 +152,7 @@ import os, signal
 import jax, jax.numpy as jnp
 from orbax.checkpoint._src.path import atomicity
 import test_checkpoint as t
+from vggjax import parallel
 from vggjax.checkpoint import Position, RunCheckpoints
 
 state, sig = t.trained_state(), t.model_signature(t.CONFIG)

@@ -7,6 +7,8 @@ they must reach the losses and weights of the same run on one device.
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -161,18 +163,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_processes(out, n: int, devices_each: int, extra: list[str]) -> list[str]:
-    """Starts ``n`` ``vggjax train`` processes on 127.0.0.1 and waits for all under one deadline.
+def _start_processes(n: int, devices_each: int, args: list[str], logs: list) -> list[subprocess.Popen]:
+    """Starts ``n`` ``vggjax train ARGS`` processes joined over gloo on 127.0.0.1 (a free port).
 
-    Worker output goes to files (a full pipe would block a worker inside a collective).
-    Returns each worker's output; kills every worker still running at the deadline.
+    Worker output goes to the files ``logs`` (a full pipe would block a worker inside a collective).
     """
     port = _free_port()
-    logs = [out.parent / f"{out.name}.worker{i}.log" for i in range(n)]
     workers = []
     for i, log in enumerate(logs):
         with open(log, "w") as f:
-            command = [sys.executable, "-m", "vggjax", "train", *ARGS, "--out", str(out), *extra]
+            command = [sys.executable, "-m", "vggjax", "train", *args, "--dist-timeout", "60"]
             command += [
                 "--coordinator",
                 f"127.0.0.1:{port}",
@@ -184,23 +184,85 @@ def _run_processes(out, n: int, devices_each: int, extra: list[str]) -> list[str
             workers.append(
                 subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=_env(devices_each))
             )
-    deadline = time.monotonic() + DEADLINE
+    return workers
+
+
+def _finish(workers: list[subprocess.Popen], logs: list, deadline: float, *, code: int = 0) -> list[str]:
+    """Waits for every worker until ``deadline`` (``time.monotonic()``), kills those still running.
+
+    Returns each worker's output; asserts that every worker exited with ``code``.
+    """
     while time.monotonic() < deadline and any(w.poll() is None for w in workers):
-        time.sleep(0.5)
+        time.sleep(0.2)
     for w in workers:
         if w.poll() is None:
             w.kill()
         w.wait()
     texts = [log.read_text() for log in logs]
     for w, text in zip(workers, texts, strict=True):
-        assert w.returncode == 0, f"worker exited {w.returncode}:\n{text[-3000:]}"
+        assert w.returncode == code, f"worker exited {w.returncode}, not {code}:\n{text[-3000:]}"
     return texts
 
 
-def test_two_processes_match_one_device(tmp_path, one_device_run):
-    out = tmp_path / "two"
-    logs = _run_processes(out, 2, 2, ["--dist-timeout", "60"])
+def _logs(out, n: int, tag: str = "") -> list:
+    return [out.parent / f"{out.name}{tag}.worker{i}.log" for i in range(n)]
+
+
+def _run_processes(out, n: int, devices_each: int, extra: list[str]) -> list[str]:
+    """Runs ``n`` processes of the test config into ``out`` under one deadline; returns their output."""
+    logs = _logs(out, n)
+    workers = _start_processes(n, devices_each, [*ARGS, "--out", str(out), *extra], logs)
+    return _finish(workers, logs, time.monotonic() + DEADLINE)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """The test config trained uninterrupted by two processes of two CPU devices each."""
+    out = tmp_path_factory.mktemp("parallel") / "two"
+    return out, _run_processes(out, 2, 2, [])
+
+
+def test_two_processes_match_one_device(two_process_run, one_device_run):
+    out, logs = two_process_run
     assert "devices: 4 (cpu) in 2 process(es), 2 on this one" in logs[0]
     assert "params identical on all 2 processes (4 devices)" in logs[0]  # bitwise, checked by CRC
     assert "epoch 2/2" in logs[0] and "epoch" not in logs[1]  # only process 0 logs
     _assert_same_run(out, one_device_run)
+
+
+def test_two_processes_stopped_by_sigterm_resume_to_the_same_run(tmp_path, one_device_run, two_process_run):
+    """SIGTERM to both workers (as a cluster's preemption does) after their first step checkpoint:
+    both stop at the same step and save; two processes resume the run to its end, bitwise
+    equal to the uninterrupted two-process run."""
+    out = tmp_path / "two-stopped"
+    deadline = time.monotonic() + DEADLINE
+    logs = _logs(out, 2)
+    workers = _start_processes(2, 2, [*ARGS, "--out", str(out), "--checkpoint-every", "1"], logs)
+    while not (out / "checkpoints" / "1").is_dir() and time.monotonic() < deadline:
+        assert all(w.poll() is None for w in workers), [log.read_text()[-3000:] for log in logs]
+        time.sleep(0.05)
+    for w in workers:
+        w.send_signal(signal.SIGTERM)
+    texts = _finish(workers, logs, deadline, code=128 + signal.SIGTERM)
+    stopped = re.search(r"stopped by SIGTERM at step (\d+); checkpoint saved", texts[0])
+    assert stopped, texts[0][-3000:]
+    step = int(stopped.group(1))
+    assert 1 <= step < 16 and f"stopped by SIGTERM at step {step}" in texts[1]  # the same step on both
+    with checkpoint.RunCheckpoints(out / "checkpoints") as ckpts:
+        assert ckpts.latest_step() == step
+
+    logs = _logs(out, 2, ".resumed")
+    resume = ["--resume", str(out), "--no-progress", "--checkpoint-every", "4"]
+    texts = _finish(_start_processes(2, 2, resume, logs), logs, deadline)
+    assert f"resuming {out} from step {step}" in texts[0]
+    assert "params identical on all 2 processes (4 devices)" in texts[0]  # bitwise, checked by CRC
+    _assert_same_run(out, one_device_run)
+    straight = two_process_run[0]
+    with (
+        checkpoint.RunCheckpoints(out / "checkpoints") as a,
+        checkpoint.RunCheckpoints(straight / "checkpoints") as b,
+    ):
+        got, want = a.read(16)["state"], b.read(16)["state"]  # params, batch_stats, opt_state, step, rng
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
@@ -61,7 +60,7 @@ class Restored:
 
     Attributes:
       step: the checkpoint's step (SGD updates done).
-      state: the train state, arrays on the default device.
+      state: the train state, arrays in the ``sharding`` given to :meth:`RunCheckpoints.restore`.
       rng: the run's base dropout key.
       position: the next batch to train.
       partial: per-step ``{"loss", "accuracy", "grad_norm"}`` (``np.float32``) of the
@@ -219,8 +218,9 @@ class RunCheckpoints:
           rng: a key of the run's PRNG implementation (its value is not used).
           model: what ``target`` is (``vggjax.train.model_signature``); must match the checkpoint.
           step: which checkpoint; the newest if None.
-          sharding: where to put the state's arrays (e.g. replicated over a mesh, as
-            training's ``init`` puts them); None puts them on the default device.
+          sharding: where orbax puts every restored array, e.g. ``parallel.replicated(mesh)``
+            as training's ``init`` puts the state; a mesh over several processes makes the
+            restore collective (every process must call it). None: this process's first device.
 
         Raises:
           CheckpointError: if there is no checkpoint, it was written for another model,
@@ -247,16 +247,12 @@ class RunCheckpoints:
             "step": target.step,
             "rng": jax.random.key_data(rng),
         }
-        # Read as host arrays (every process reads all), then place them as a fresh state
-        # is placed, so a resumed run reuses the straight run's compiled step.
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+        # Orbax reads each array straight into ``sharding`` (in a multi-process run, each
+        # process fills only its own devices), placed as a fresh state is placed, so a
+        # resumed run reuses the straight run's compiled step.
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding), tree)
         saved = self._restore_item(where, state=ocp.args.StandardRestore(abstract))["state"]
-        if sharding is None:
-            saved = jax.tree.map(jnp.asarray, saved)
-        else:
-            saved = jax.tree.map(
-                lambda x: jax.make_array_from_callback(x.shape, sharding, x.__getitem__), saved
-            )
         state = target.replace(
             step=saved["step"],
             params=saved["params"],
