@@ -11,8 +11,9 @@ matmuls and fused element-wise loops that XLA:CPU runs well:
   input gradient: 9 fused multiply-adds for a 1-channel input, an im2col matmul on
   small maps (side < ``IM2COL_BELOW``), ``lax.conv`` otherwise. Weight gradient:
   always one im2col matmul ``patches^T @ dy``.
-* :func:`max_pool_2x2`: reshape + max; the gradient goes to the first maximum of
-  each window (as XLA's select-and-scatter does), built from element-wise selects.
+* :func:`max_pool_2x2`: reshape + max; the forward pass also records which of the
+  four holds the maximum (int8, the first on ties, as XLA's select-and-scatter
+  picks), and the gradient is routed by that index with element-wise selects.
 * :func:`dense`: ``x @ w`` whose weight gradient transposes ``x`` first.
 
 They plug into flax.linen through ``nn.Conv(conv_general_dilated=...)`` and
@@ -23,6 +24,7 @@ selects them with its ``impl`` switch.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -47,7 +49,11 @@ def _conv_forward(x: jax.Array, w: jax.Array) -> jax.Array:
     if cin == 1:
         p = k // 2
         xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-        taps = [xp[:, dy : dy + h, dx : dx + wd, :] * w[dy, dx, 0] for dy in range(k) for dx in range(k)]
+        taps = [
+            xp[:, dy : dy + h, dx : dx + wd, :] * w[dy, dx].reshape(1, 1, 1, cout)
+            for dy in range(k)
+            for dx in range(k)
+        ]
         return sum(taps[1:], taps[0])
     if k == 1 or max(h, wd) < IM2COL_BELOW:
         cols = _patches(x, k).reshape(n * h * wd, k * k * cin)
@@ -82,9 +88,20 @@ def _conv_bwd(res, dy):
     k, _, cin, cout = w.shape
     # dL/dx is the same-padded conv of dy with the kernel rotated 180° and I, O swapped.
     dx = _conv_forward(dy, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)).astype(x.dtype)
-    cols = _patches(x, k).reshape(-1, k * k * cin)
-    dw = (cols.T @ dy.reshape(-1, cout)).reshape(w.shape).astype(w.dtype)
-    return dx, dw
+    if max(x.shape[1], x.shape[2]) < IM2COL_BELOW or cin == 1:
+        cols = _patches(x, k).reshape(-1, k * k * cin)
+        dw = cols.T @ dy.reshape(-1, cout)
+    else:
+        p = k // 2
+        conv = functools.partial(
+            lax.conv_general_dilated,
+            x,
+            window_strides=(1, 1),
+            padding=((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        dw = jax.vjp(conv, w)[1](dy)[0]
+    return dx, dw.reshape(w.shape).astype(w.dtype)
 
 
 conv_same.defvjp(_conv_fwd, _conv_bwd)
@@ -94,6 +111,17 @@ def _pool_windows(x: jax.Array) -> jax.Array:
     n, h, w, c = x.shape
     x = x[:, : h - h % 2, : w - w % 2, :]
     return x.reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+def _pool_argmax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The 2×2 window maxima and which of the four (row-major, first on ties) holds each."""
+    win = _pool_windows(x)
+    best, idx = win[:, :, 0, :, 0, :], jnp.zeros(win.shape[:2] + win.shape[3:4] + win.shape[5:], jnp.int8)
+    for k, (i, j) in enumerate(((0, 1), (1, 0), (1, 1)), 1):
+        value = win[:, :, i, :, j, :]
+        better = value > best
+        best, idx = jnp.where(better, value, best), jnp.where(better, jnp.int8(k), idx)
+    return best, idx
 
 
 @jax.custom_vjp
@@ -107,26 +135,19 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 def _pool_fwd(x):
-    y = max_pool_2x2(x)
-    return y, (x, y)
+    # The forward pass records where each maximum is; the backward never compares floats
+    # again (XLA may recompute x in another fusion, rounded differently, and miss it).
+    y, idx = _pool_argmax(x)
+    return y, (idx, x.shape)
 
 
 def _pool_bwd(res, dy):
-    x, y = res
-    win = _pool_windows(x)
-    zero = jnp.zeros_like(dy)
-    taken = jnp.zeros(dy.shape, bool)
-    grads = []
-    for i in range(2):
-        for j in range(2):
-            hit = (win[:, :, i, :, j, :] == y) & ~taken  # the first maximum in row-major order wins
-            grads.append(jnp.where(hit, dy, zero))
-            taken = taken | hit
-    g = jnp.stack(grads, axis=-2).reshape(*dy.shape[:3], 2, 2, dy.shape[-1])
+    idx, shape = res
     n, h, w, c = dy.shape
-    g = g.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c)
-    pad = ((0, 0), (0, x.shape[1] - 2 * h), (0, x.shape[2] - 2 * w), (0, 0))
-    return (jnp.pad(g, pad),)
+    zero = jnp.zeros_like(dy)
+    g = jnp.stack([jnp.where(idx == k, dy, zero) for k in range(4)], axis=-2)  # [N, h, w, 4, C]
+    g = g.reshape(n, h, w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c)
+    return (jnp.pad(g, ((0, 0), (0, shape[1] - 2 * h), (0, shape[2] - 2 * w), (0, 0))),)
 
 
 max_pool_2x2.defvjp(_pool_fwd, _pool_bwd)
