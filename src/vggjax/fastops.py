@@ -1,16 +1,17 @@
 """CPU-fast versions of VGG's three heavy ops, with hand-written gradients.
 
-XLA:CPU runs a VGG's convolutions at 8–20 GFLOP/s on a small x86 machine where a
-large matmul reaches ~120; its default gradients are slower still (the weight
-gradient of a conv at 3–10 GFLOP/s, max-pool's select-and-scatter). The ops here
-compute the same functions with the same gradients (equal to ``jax.grad`` of the
-plain ops up to float rounding; ``tests/test_fastops.py`` checks it) but lower to
-matmuls and fused element-wise loops that XLA:CPU runs well:
+XLA:CPU runs small convolutions, the 2×2 max-pool's gradient (a select-and-scatter)
+and the weight gradient of a dense layer far below the machine's matmul rate. The
+ops here compute the same functions with the same gradients (equal to ``jax.grad``
+of the plain ops up to float rounding; ``tests/test_fastops.py`` checks it) in forms
+XLA:CPU runs well:
 
 * :func:`conv_same`: k×k conv, stride 1, padding k//2 (every VGG conv). Forward and
-  input gradient: 9 fused multiply-adds for a 1-channel input, an im2col matmul on
-  small maps (side < ``IM2COL_BELOW``), ``lax.conv`` otherwise. Weight gradient:
-  always one im2col matmul ``patches^T @ dy``.
+  input gradient: 9 fused multiply-adds for a 1-channel input, one im2col matmul on
+  small maps (side < ``IM2COL_BELOW``) and for 1×1 kernels, ``lax.conv`` otherwise.
+  Weight gradient: one im2col matmul ``patches^T @ dy`` on small maps and for a
+  1-channel input, XLA's own on larger maps (where im2col measured no faster on a
+  2-core x86 with other jobs running).
 * :func:`max_pool_2x2`: reshape + max; the forward pass also records which of the
   four holds the maximum (int8, the first on ties, as XLA's select-and-scatter
   picks), and the gradient is routed by that index with element-wise selects.
