@@ -27,6 +27,21 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=float, help="width multiplier on every block's channels")
 
 
+def _add_speed_args(p: argparse.ArgumentParser, defaults: bool = False) -> None:
+    p.add_argument(
+        "--impl",
+        choices=["auto", "xla", "cpu_fast"],
+        default="auto" if defaults else None,
+        help="auto (default): fast matmul-shaped ops on CPU, Flax's elsewhere; same numbers",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32" if defaults else None,
+        help="compute dtype (params stay float32); bfloat16 is for GPUs/TPUs",
+    )
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="train a VGG on Fashion-MNIST", description="Train a VGG on Fashion-MNIST."
@@ -38,6 +53,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--init", dest="init_scheme", choices=["he", "torchvision", "lecun"])
     p.add_argument("--dropout", dest="dropout_rate", type=float)
     p.add_argument("--hidden", type=int, help="width of fc6 and fc7")
+    _add_speed_args(p)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--eval-batch-size", type=int)
@@ -385,10 +401,49 @@ def _print_imagenet(run, images: Sequence[str], *, top: int, labels: str | None)
     return 0
 
 
+def _bench_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="train-step and inference throughput, GFLOP/s, share of peak, memory",
+        description="Throughput of the jitted train step and inference of a VGG on this machine: "
+        "median images/s of several timed runs after compiling, achieved GFLOP/s from the model's "
+        "MACs (a train step counted as 3x the forward pass), its fraction of a measured matmul "
+        "peak, compile time, peak memory and the input pipeline's share of the step time.",
+    )
+    _add_model_args(p)
+    p.set_defaults(arch="vgg11", width=0.25)
+    p.add_argument("--image-size", type=int, default=32, help="model input side in pixels")
+    p.add_argument("--channels", type=int, default=1, help="input channels")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--hidden", type=int, default=4096, help="width of fc6 and fc7")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--head", default="flatten", choices=["flatten", "adaptive"])
+    _add_speed_args(p, defaults=True)
+    p.add_argument("--source-size", type=int, default=28, help="side of the uint8 images fed to the step")
+    p.add_argument("--steps", type=int, default=3, help="steps per timed run")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs (the median is reported)")
+    p.add_argument("--only", choices=["train", "inference"], help="measure one of the two")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from vggjax.bench import BenchConfig, format_report, run_bench
+
+    fields = {f.name for f in dataclasses.fields(BenchConfig)}
+    config = BenchConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    report = run_bench(config, train=args.only != "inference", inference=args.only != "train")
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vggjax`` argument parser with all subcommands."""
     parser = argparse.ArgumentParser(
-        prog="vggjax", description="VGG networks in JAX/Flax: build, inspect, train, evaluate, predict."
+        prog="vggjax",
+        description="VGG networks in JAX/Flax: build, inspect, train, evaluate, predict, benchmark.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
@@ -399,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     _convert_parser(sub)
     _export_parser(sub)
     _predict_imagenet_parser(sub)
+    _bench_parser(sub)
     return parser
 
 

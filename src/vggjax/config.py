@@ -13,9 +13,10 @@ from typing import Any
 
 from vggjax.arch import Arch, get_arch
 from vggjax.errors import ConfigError
-from vggjax.models import HEADS, INITS
+from vggjax.models import HEADS, IMPLS, INITS
 
 SCHEDULES = ("constant", "cosine")
+DTYPES = ("float32", "bfloat16")
 # What a run's images are: Fashion-MNIST (what `vggjax train` trains on, scaled to [0, 1])
 # or ImageNet (converted torchvision weights: RGB, torchvision's mean/std, see imagenet.py).
 DATASETS = ("fashion-mnist", "imagenet")
@@ -34,6 +35,10 @@ class TrainConfig:
       hidden: width of fc6 and fc7.
       dropout_rate: dropout after fc6 and fc7.
       init_scheme: ``"he"``, ``"torchvision"`` or ``"lecun"`` (see ``models.initializers``).
+      impl: ``"auto"`` (fast ops on CPU, Flax's elsewhere), ``"xla"`` or ``"cpu_fast"``
+        (see ``models.VGG``); same numbers, different speed.
+      dtype: compute dtype, ``"float32"`` or ``"bfloat16"`` (params stay float32); bfloat16
+        is for accelerators, on a CPU it is slower.
       epochs: passes over the training set.
       batch_size: training examples per step.
       eval_batch_size: test examples per evaluation batch (the last one is padded and masked).
@@ -66,6 +71,8 @@ class TrainConfig:
     hidden: int = 4096
     dropout_rate: float = 0.5
     init_scheme: str = "he"
+    impl: str = "auto"
+    dtype: str = "float32"
     epochs: int = 5
     batch_size: int = 128
     eval_batch_size: int = 500
@@ -126,7 +133,14 @@ class TrainConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout_rate!r}")
         if not self.warmup_epochs >= 0:
             raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs!r}")
-        choices = {"schedule": SCHEDULES, "head": HEADS[:2], "init_scheme": INITS, "dataset": DATASETS}
+        choices = {
+            "schedule": SCHEDULES,
+            "head": HEADS[:2],
+            "init_scheme": INITS,
+            "dataset": DATASETS,
+            "impl": IMPLS,
+            "dtype": DTYPES,
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(

@@ -25,6 +25,41 @@ from vggjax.ops import adaptive_avg_pool, local_response_norm, max_pool_2x2
 
 HEADS = ("flatten", "adaptive", None)
 INITS = ("he", "torchvision", "lecun")
+IMPLS = ("auto", "xla", "cpu_fast")
+
+
+def resolve_impl(impl: str) -> str:
+    """``"auto"`` → ``"cpu_fast"`` on a CPU backend, ``"xla"`` elsewhere; others unchanged.
+
+    Raises:
+      ArchError: for an unknown implementation.
+    """
+    if impl not in IMPLS:
+        raise ArchError(f"unknown impl {impl!r}; use one of {', '.join(IMPLS)}")
+    if impl == "auto":
+        return "cpu_fast" if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
+def layer_ops(impl: str) -> dict[str, Any]:
+    """The conv, dense and pool functions of an implementation (see :class:`VGG`'s ``impl``).
+
+    ``"xla"`` is the reference: Flax's defaults (``lax.conv_general_dilated``,
+    ``lax.dot_general``, ``nn.max_pool``). ``"cpu_fast"`` swaps in
+    :mod:`vggjax.fastops`: same numbers and gradients, faster on XLA:CPU.
+
+    Raises:
+      ArchError: for an unknown implementation.
+    """
+    if resolve_impl(impl) == "xla":
+        return {"conv": {}, "dense": {}, "pool": max_pool_2x2}
+    from vggjax import fastops
+
+    return {
+        "conv": {"conv_general_dilated": fastops.conv_general_dilated},
+        "dense": {"dot_general": fastops.dot_general},
+        "pool": fastops.max_pool_2x2,
+    }
 
 
 def initializers(scheme: str) -> dict[str, Any]:
@@ -66,6 +101,7 @@ class VGGBlock(nn.Module):
       lrn: local response normalisation after the first conv's ReLU.
       init_scheme: initialiser scheme, see :func:`initializers`.
       dtype: computation dtype (params stay float32).
+      impl: ``"xla"``, ``"cpu_fast"`` or ``"auto"``, see :class:`VGG`.
       number: the block's number ``b`` (from 1) in its layer names ``conv{b}_{i}`` ….
 
     Input ``float32[N, H, W, C_in]``, output ``[N, H//2, W//2, channels]``.
@@ -77,6 +113,7 @@ class VGGBlock(nn.Module):
     lrn: bool = False
     init_scheme: str = "he"
     dtype: Any = jnp.float32
+    impl: str = "xla"
     number: int = 1
 
     @nn.compact
@@ -97,6 +134,7 @@ class VGGBlock(nn.Module):
           the layer that completes ``taps`` (``last`` is that layer's output).
         """
         b, kernel_init = self.number, initializers(self.init_scheme)["conv"]
+        ops = layer_ops(self.impl)
         stages: list[tuple[str, Callable[[jax.Array], jax.Array]]] = []
         for i, k in enumerate(self.kernels, 1):
             conv = nn.Conv(
@@ -106,6 +144,7 @@ class VGGBlock(nn.Module):
                 kernel_init=kernel_init,
                 dtype=self.dtype,
                 name=f"conv{i}",
+                **ops["conv"],
             )
             stages.append((f"conv{b}_{i}", conv))
             if self.batch_norm:
@@ -116,7 +155,7 @@ class VGGBlock(nn.Module):
             stages.append((f"relu{b}_{i}", nn.relu))
             if self.lrn and i == 1:
                 stages.append(("lrn", local_response_norm))
-        stages.append((f"pool{b}", max_pool_2x2))
+        stages.append((f"pool{b}", ops["pool"]))
         return run_stages(x, stages, taps)
 
 
@@ -156,6 +195,11 @@ class VGG(nn.Module):
       hidden: width of ``fc6`` and ``fc7`` (4096 in the paper).
       init_scheme: initialiser scheme, see :func:`initializers`.
       dtype: computation dtype; params are float32 whatever it is.
+      impl: how convs, dense layers and pools are computed, with identical parameters
+        and (to float rounding) identical outputs and gradients: ``"xla"``, Flax's
+        own ops, the reference; ``"cpu_fast"``, :mod:`vggjax.fastops`, matmul-shaped
+        ops with hand-written gradients, faster on XLA:CPU (README, "Speed"); ``"auto"``
+        (default), ``"cpu_fast"`` on a CPU backend and ``"xla"`` on GPU/TPU.
 
     Call ``model.apply(variables, x, train=...)`` with ``x`` of ``float32[N, H, W, C]``
     in [0, 1] (or normalised, for ImageNet weights); returns logits
@@ -165,7 +209,7 @@ class VGG(nn.Module):
     Raises:
       ArchError: when the input is smaller than ``2**len(blocks)`` pixels on a side,
         when a flatten head is fed a different size from the one it was built for,
-        or for an unknown head, pooling or init scheme.
+        or for an unknown head, pooling, init scheme or impl.
     """
 
     arch: Arch | str | tuple = "vgg11"
@@ -176,6 +220,7 @@ class VGG(nn.Module):
     hidden: int = 4096
     init_scheme: str = "he"
     dtype: Any = jnp.float32
+    impl: str = "auto"
 
     @property
     def spec(self) -> Arch:
@@ -215,6 +260,7 @@ class VGG(nn.Module):
                 lrn=spec.lrn and b == 1,
                 init_scheme=self.init_scheme,
                 dtype=self.dtype,
+                impl=self.impl,
                 number=b,
                 name=f"block{b}",
             )
@@ -260,7 +306,7 @@ class VGG(nn.Module):
         x = x.reshape((x.shape[0], -1))
         self._check_flatten(x.shape[-1])
         inits = initializers(self.init_scheme)
-        dense = functools.partial(nn.Dense, dtype=self.dtype)
+        dense = functools.partial(nn.Dense, dtype=self.dtype, **layer_ops(self.impl)["dense"])
         dropout = functools.partial(nn.Dropout, self.dropout_rate, deterministic=not train)
         stages = [
             ("fc6", dense(self.hidden, kernel_init=inits["dense"], name="fc6")),

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from vggjax import data, parallel, pretrained, run_folder, weights
@@ -52,6 +53,8 @@ def make_model(config: TrainConfig, num_classes: int | None = None) -> VGG:
         head=config.head,
         hidden=config.hidden,
         init_scheme=config.init_scheme,
+        dtype=jnp.dtype(config.dtype),
+        impl=config.impl,
     )
 
 

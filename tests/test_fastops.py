@@ -1,0 +1,118 @@
+"""The fast CPU path must compute what the plain linen model computes, gradients included."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+from jax import lax
+
+from vggjax import fastops
+from vggjax.errors import ArchError
+from vggjax.models import build_model, resolve_impl
+
+
+def _grads(model, variables, x, labels):
+    def loss(params):
+        logits, _ = model.apply(
+            {**variables, "params": params},
+            x,
+            train=True,
+            rngs={"dropout": jax.random.key(2)},
+            mutable=["batch_stats"],
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    return jax.jit(jax.value_and_grad(loss))(variables["params"])
+
+
+@pytest.mark.parametrize(
+    "arch, size, channels",
+    [
+        ("vgg11", 32, 1),  # 1-channel first layer (9 multiply-adds), im2col on the small maps
+        ("vgg11_bn", 32, 3),  # BatchNorm; 3-channel first layer through lax.conv
+        ("C", 64, 1),  # the paper's config C (1x1 convs); lax.conv on maps of 16 pixels and more
+    ],
+)
+def test_gradients_equal_plain_model(arch, size, channels):
+    x = jax.random.uniform(jax.random.key(1), (4, size, size, channels))
+    labels = jnp.arange(4) % 10
+    plain = build_model(arch, width=0.125, hidden=64, impl="xla")
+    fast = build_model(arch, width=0.125, hidden=64, impl="cpu_fast")
+    variables = plain.init(jax.random.key(0), x)
+    loss_ref, g_ref = _grads(plain, variables, x, labels)
+    loss_fast, g_fast = _grads(fast, variables, x, labels)
+    np.testing.assert_allclose(float(loss_fast), float(loss_ref), rtol=1e-5)
+    ref = dict(jax.tree_util.tree_leaves_with_path(g_ref))
+    got = dict(jax.tree_util.tree_leaves_with_path(g_fast))
+    assert ref.keys() == got.keys()
+    for path, r in ref.items():
+        name = jax.tree_util.keystr(path)
+        if "conv" in name and "bias" in name and "_bn" in arch:
+            # A bias right before BatchNorm has gradient exactly 0 in theory; both are rounding noise.
+            assert float(jnp.abs(r).max()) < 1e-6 and float(jnp.abs(got[path]).max()) < 1e-6, name
+            continue
+        rel = float(jnp.linalg.norm(got[path] - r) / jnp.linalg.norm(r))
+        assert rel < 1e-4, (name, rel)
+
+
+def test_max_pool_matches_flax_with_ties_and_odd_sides():
+    # Small integers give many ties; 7x9 has an odd last row and column that VALID drops.
+    x = jax.random.randint(jax.random.key(0), (2, 7, 9, 3), 0, 3).astype(jnp.float32)
+    ct = jax.random.normal(jax.random.key(1), (2, 3, 4, 3))
+
+    def plain(x):
+        return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+    y_ref, vjp_ref = jax.vjp(plain, x)
+    y, vjp = jax.vjp(fastops.max_pool_2x2, x)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(vjp(ct)[0], vjp_ref(ct)[0])
+
+
+def _assert_same_grads(f, g, *args, rtol, atol=0.0):
+    for a, b in zip(jax.grad(f, (0, 1))(*args), jax.grad(g, (0, 1))(*args), strict=True):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+def test_dense_and_conv_vjps_match_lax():
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    x, w = jax.random.normal(k1, (5, 7)), jax.random.normal(k2, (7, 3))
+    _assert_same_grads(
+        lambda x, w: jnp.sum(jnp.sin(x @ w)),
+        lambda x, w: jnp.sum(jnp.sin(fastops.dense(x, w))),
+        x,
+        w,
+        rtol=1e-5,
+    )
+
+    def ref(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    for side, cin in ((20, 4), (6, 4), (9, 1)):  # lax.conv, im2col and 1-channel branches
+        x, w = jax.random.normal(k3, (2, side, side, cin)), jax.random.normal(k2, (3, 3, cin, 5))
+        _assert_same_grads(
+            lambda x, w: jnp.sum(ref(x, w) ** 2),
+            lambda x, w: jnp.sum(fastops.conv_same(x, w) ** 2),
+            x,
+            w,
+            rtol=1e-4,
+            atol=1e-3,
+        )
+
+
+def test_other_convolutions_fall_through_to_lax():
+    x, w = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 4))
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    strided = fastops.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=dn)
+    np.testing.assert_array_equal(
+        strided, lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=dn)
+    )
+
+
+def test_impl_switch():
+    assert resolve_impl("auto") == ("cpu_fast" if jax.default_backend() == "cpu" else "xla")
+    assert resolve_impl("xla") == "xla"
+    with pytest.raises(ArchError, match="unknown impl 'fast'"):
+        resolve_impl("fast")
