@@ -30,9 +30,9 @@ def _grads(model, variables, x, labels):
 @pytest.mark.parametrize(
     "arch, size, channels",
     [
-        ("vgg11", 32, 1),  # 1-channel first layer; im2col convs on the maps under 14 pixels
-        ("vgg11_bn", 32, 3),  # BatchNorm, 3-channel first layer
-        ("C", 64, 1),  # the paper's config C: 1x1 convs through im2col at every size
+        ("vgg11", 32, 1),  # 1-channel first layer (9 multiply-adds), im2col on the small maps
+        ("vgg11_bn", 32, 3),  # BatchNorm; 3-channel first layer through lax.conv
+        ("C", 64, 1),  # the paper's config C (1x1 convs); lax.conv on maps of 16 pixels and more
     ],
 )
 def test_gradients_equal_plain_model(arch, size, channels):
@@ -90,7 +90,7 @@ def test_dense_and_conv_vjps_match_lax():
     def ref(x, w):
         return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    for side, cin in ((20, 4), (6, 4), (9, 1)):
+    for side, cin in ((20, 4), (6, 4), (9, 1)):  # lax.conv, im2col and 1-channel branches
         x, w = jax.random.normal(k3, (2, side, side, cin)), jax.random.normal(k2, (3, 3, cin, 5))
         _assert_same_grads(
             lambda x, w: jnp.sum(ref(x, w) ** 2),

@@ -6,12 +6,12 @@ ops here compute the same functions with the same gradients (equal to ``jax.grad
 of the plain ops up to float rounding; ``tests/test_fastops.py`` checks it) in forms
 XLA:CPU runs well:
 
-* :func:`conv_same`: k×k conv, stride 1, padding k//2 (every VGG conv) as im2col
-  matmuls: forward, input gradient and weight gradient (``patches^T @ dy``). Used on
-  small maps (side < ``IM2COL_BELOW``) and for 1×1 kernels, where XLA:CPU's
-  convolutions are slowest; larger maps keep ``lax.conv`` and its gradient (im2col,
-  or XLA's own weight gradient, and 9 multiply-adds for a 1-channel first layer,
-  measured no faster there on a 2-core x86 shared with other jobs).
+* :func:`conv_same`: k×k conv, stride 1, padding k//2 (every VGG conv). Forward and
+  input gradient: 9 fused multiply-adds for a 1-channel input, one im2col matmul on
+  small maps (side < ``IM2COL_BELOW``) and for 1×1 kernels, ``lax.conv`` otherwise.
+  Weight gradient: one im2col matmul ``patches^T @ dy`` on small maps and for a
+  1-channel input, XLA's own on larger maps (where im2col measured no faster on a
+  2-core x86 with other jobs running).
 * :func:`max_pool_2x2`: reshape + max; the forward pass also records which of the
   four holds the maximum (int8, the first on ties, as XLA's select-and-scatter
   picks), and the gradient is routed by that index with element-wise selects.
@@ -25,6 +25,7 @@ selects them with its ``impl`` switch.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -42,17 +43,31 @@ def _patches(x: jax.Array, k: int) -> jax.Array:
     return jnp.concatenate([xp[:, dy : dy + h, dx : dx + w, :] for dy in range(k) for dx in range(k)], -1)
 
 
-def _conv_im2col(x: jax.Array, w: jax.Array) -> jax.Array:
-    """Same-padded stride-1 conv ``[N, H, W, I] * [k, k, I, O]`` → ``[N, H, W, O]`` as one matmul."""
+def _conv_forward(x: jax.Array, w: jax.Array) -> jax.Array:
+    """Same-padded stride-1 conv ``[N, H, W, I] * [k, k, I, O]`` → ``[N, H, W, O]``, fastest form."""
     k, _, cin, cout = w.shape
     n, h, wd, _ = x.shape
-    cols = _patches(x, k).reshape(n * h * wd, k * k * cin)
-    return (cols @ w.reshape(k * k * cin, cout)).reshape(n, h, wd, cout)
+    if cin == 1:
+        p = k // 2
+        xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        taps = [
+            xp[:, dy : dy + h, dx : dx + wd, :] * w[dy, dx].reshape(1, 1, 1, cout)
+            for dy in range(k)
+            for dx in range(k)
+        ]
+        return sum(taps[1:], taps[0])
+    if k == 1 or max(h, wd) < IM2COL_BELOW:
+        cols = _patches(x, k).reshape(n * h * wd, k * k * cin)
+        return (cols @ w.reshape(k * k * cin, cout)).reshape(n, h, wd, cout)
+    p = k // 2
+    return lax.conv_general_dilated(
+        x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 @jax.custom_vjp
 def conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
-    """k×k convolution, stride 1, zero padding k//2 (odd k), NHWC / HWIO, as im2col matmuls.
+    """k×k convolution, stride 1, zero padding k//2 (odd k), NHWC / HWIO.
 
     Args:
       x: ``float[N, H, W, I]``.
@@ -60,22 +75,33 @@ def conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
 
     Returns:
       ``float[N, H, W, O]``, equal to ``lax.conv_general_dilated(x, w, (1, 1), "SAME")``
-      (cross-correlation, as every deep-learning framework computes it). The input
-      gradient is the im2col conv of ``dy`` with the kernel rotated 180° and ``I``, ``O``
-      swapped; the weight gradient is ``patches(x)^T @ dy``.
+      (cross-correlation, as every deep-learning framework computes it).
     """
-    return _conv_im2col(x, w)
+    return _conv_forward(x, w)
 
 
 def _conv_fwd(x, w):
-    return _conv_im2col(x, w), (x, w)
+    return _conv_forward(x, w), (x, w)
 
 
 def _conv_bwd(res, dy):
     x, w = res
     k, _, cin, cout = w.shape
-    dx = _conv_im2col(dy, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)).astype(x.dtype)
-    dw = _patches(x, k).reshape(-1, k * k * cin).T @ dy.reshape(-1, cout)
+    # dL/dx is the same-padded conv of dy with the kernel rotated 180° and I, O swapped.
+    dx = _conv_forward(dy, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)).astype(x.dtype)
+    if max(x.shape[1], x.shape[2]) < IM2COL_BELOW or cin == 1:
+        cols = _patches(x, k).reshape(-1, k * k * cin)
+        dw = cols.T @ dy.reshape(-1, cout)
+    else:
+        p = k // 2
+        conv = functools.partial(
+            lax.conv_general_dilated,
+            x,
+            window_strides=(1, 1),
+            padding=((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        dw = jax.vjp(conv, w)[1](dy)[0]
     return dx, dw.reshape(w.shape).astype(w.dtype)
 
 
@@ -160,10 +186,9 @@ def conv_general_dilated(
 ) -> jax.Array:
     """Drop-in for ``lax.conv_general_dilated`` (``nn.Conv(conv_general_dilated=...)``).
 
-    Runs :func:`conv_same` for VGG's convolutions (2-D NHWC/HWIO, stride 1, no
-    dilation, one group, symmetric padding k//2, odd square kernel) on small maps
-    (side < ``IM2COL_BELOW``) or with 1×1 kernels, and hands any other convolution to
-    ``lax.conv_general_dilated`` (and its own gradient) unchanged.
+    Runs :func:`conv_same` for the convolutions VGG uses (2-D NHWC/HWIO, stride 1, no
+    dilation, one group, symmetric padding k//2, odd square kernel) and hands any
+    other convolution to ``lax.conv_general_dilated`` unchanged.
     """
     k = rhs.shape[0]
     plain = (
@@ -178,7 +203,6 @@ def conv_general_dilated(
         and _is_nhwc(dimension_numbers, lhs, rhs)
         and not isinstance(padding, str)
         and [tuple(p) for p in padding] == [(k // 2, k // 2)] * 2
-        and (k == 1 or max(lhs.shape[1], lhs.shape[2]) < IM2COL_BELOW)
     )
     if plain:
         return conv_same(lhs, rhs)
