@@ -1,6 +1,7 @@
 """Run checkpoints: round trip, keep-last-K plus best, refusals, a save killed mid-write."""
 
 import asyncio
+import dataclasses
 import gc
 import os
 import shutil
@@ -127,6 +128,47 @@ def test_checkpoint_of_another_model_is_refused(saved):
     message = str(e.value)
     assert "was written for model ((1,8),(1,16),(2,32),(2,64),(2,64))+batch_norm" in message
     assert ", not ((1,8),(1,16),(2,32),(2,64),(2,64)) (head flatten" in message
+
+
+def old_signature(config=CONFIG) -> dict:
+    """The signature as stored before ``channels`` and ``num_classes`` were added to it."""
+    sig = model_signature(config)
+    del sig["channels"], sig["num_classes"]
+    return sig
+
+
+def test_checkpoint_from_before_channels_and_classes_were_stored_resumes(tmp_path):
+    state, rng = trained_state(), jax.random.key(7)
+    with RunCheckpoints(tmp_path / "ck") as ckpts:
+        ckpts.save(state, rng=rng, position=Position(1, 2), model=old_signature())
+    assert (CONFIG.channels, CONFIG.num_classes) == (1, 10)  # what every model had then
+    with RunCheckpoints(tmp_path / "ck") as ckpts:
+        restored = ckpts.restore(fresh_state(), jax.random.key(0), model=model_signature(CONFIG))
+    assert restored.step == int(state.step) and restored.position == Position(1, 2)
+    assert_trees_equal(restored.state.params, state.params)
+    assert_trees_equal(restored.state.opt_state, state.opt_state)
+
+
+@pytest.mark.parametrize(
+    "stored, ours, words",
+    [
+        # an old checkpoint is a 1-channel, 10-class model, so a 3-channel one does not fit it
+        (old_signature(), dataclasses.replace(CONFIG, channels=3), ("channels 1, classes 10", "channels 3")),
+        # the two models differ only in classes: the message has to show it
+        (model_signature(CONFIG), dataclasses.replace(CONFIG, num_classes=5), ("classes 10)", "classes 5)")),
+    ],
+)
+def test_refusal_names_channels_and_classes(tmp_path, stored, ours, words):
+    with RunCheckpoints(tmp_path / "ck") as ckpts:
+        ckpts.save(trained_state(), rng=jax.random.key(1), position=Position(1, 2), model=stored)
+    with RunCheckpoints(tmp_path / "ck") as ckpts, pytest.raises(CheckpointError) as e:
+        ckpts.restore(fresh_state(ours), jax.random.key(0), model=model_signature(ours))
+    written, wanted = str(e.value).split(", not ")
+    assert words[0] in written and words[1] in wanted, str(e.value)
+    assert written.endswith(
+        "was written for model ((1,8),(1,16),(2,32),(2,64),(2,64))+batch_norm "
+        "(head flatten, hidden 64, 32 px, channels 1, classes 10)"
+    ), written
 
 
 def unfinished_tasks() -> list[asyncio.Task]:

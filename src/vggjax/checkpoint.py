@@ -34,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError
 from vggjax.steps import TrainState
 from vggjax.weights import load_variables, save_variables  # noqa: F401 - their old home
@@ -236,7 +237,7 @@ class RunCheckpoints:
             )
         where = self.directory / str(step)
         meta = self._restore_item(where, meta=ocp.args.JsonRestore())["meta"]
-        saved_model = meta.get("model") if isinstance(meta, dict) else None
+        saved_model = _with_added_keys(meta.get("model") if isinstance(meta, dict) else None)
         if saved_model != model:
             raise CheckpointError(
                 f"checkpoint {where} was written for model {_describe(saved_model)}, not "
@@ -357,11 +358,27 @@ def _first_line(e: BaseException, limit: int = 160) -> str:
     return text.splitlines()[0][:limit] if text else type(e).__name__
 
 
+# Keys added to the model signature after checkpoints had been written without them. A
+# checkpoint that lacks one was written for the field's default (before the key was
+# stored, every model had 1 input channel and 10 classes), so it still resumes under
+# the config it was written with.
+ADDED_SIGNATURE_KEYS = ("channels", "num_classes")
+
+
+def _with_added_keys(model: Any) -> Any:
+    """A stored model signature with the keys it predates set to their config defaults."""
+    if not isinstance(model, dict):
+        return model
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in ADDED_SIGNATURE_KEYS}
+    return {**defaults, **model}
+
+
 def _describe(model: Any) -> str:
     if not isinstance(model, dict):
         return "unknown"
     extras = [k for k in ("batch_norm", "lrn") if model.get(k)]
     return (
         f"{model.get('arch')}{'+' + '+'.join(extras) if extras else ''} "
-        f"(head {model.get('head')}, hidden {model.get('hidden')}, {model.get('image_size')} px)"
+        f"(head {model.get('head')}, hidden {model.get('hidden')}, {model.get('image_size')} px, "
+        f"channels {model.get('channels')}, classes {model.get('num_classes')})"
     )
