@@ -1,5 +1,7 @@
 """Run checkpoints: round trip, keep-last-K plus best, refusals, a save killed mid-write."""
 
+import asyncio
+import dataclasses
 import gc
 import os
 import shutil
@@ -128,18 +130,65 @@ def test_checkpoint_of_another_model_is_refused(saved):
     assert ", not ((1,8),(1,16),(2,32),(2,64),(2,64)) (head flatten" in message
 
 
-# After a failed array read, orbax's async machinery posts a callback to its closed event
-# loop and leaves its other reads' coroutines unfinished; Python reports those as
-# "unraisable" when they are collected (done inside the test, under its filter). The
-# read's own error is what is tested here.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.parametrize("which", ["array data", "array metadata", "meta", "metrics"])
+def old_signature(config=CONFIG) -> dict:
+    """The signature as stored before ``channels`` and ``num_classes`` were added to it."""
+    sig = model_signature(config)
+    del sig["channels"], sig["num_classes"]
+    return sig
+
+
+def test_checkpoint_from_before_channels_and_classes_were_stored_resumes(tmp_path):
+    state, rng = trained_state(), jax.random.key(7)
+    with RunCheckpoints(tmp_path / "ck") as ckpts:
+        ckpts.save(state, rng=rng, position=Position(1, 2), model=old_signature())
+    assert (CONFIG.channels, CONFIG.num_classes) == (1, 10)  # what every model had then
+    with RunCheckpoints(tmp_path / "ck") as ckpts:
+        restored = ckpts.restore(fresh_state(), jax.random.key(0), model=model_signature(CONFIG))
+    assert restored.step == int(state.step) and restored.position == Position(1, 2)
+    assert_trees_equal(restored.state.params, state.params)
+    assert_trees_equal(restored.state.opt_state, state.opt_state)
+
+
+@pytest.mark.parametrize(
+    "stored, ours, words",
+    [
+        # an old checkpoint is a 1-channel, 10-class model, so a 3-channel one does not fit it
+        (old_signature(), dataclasses.replace(CONFIG, channels=3), ("channels 1, classes 10", "channels 3")),
+        # the two models differ only in classes: the message has to show it
+        (model_signature(CONFIG), dataclasses.replace(CONFIG, num_classes=5), ("classes 10)", "classes 5)")),
+    ],
+)
+def test_refusal_names_channels_and_classes(tmp_path, stored, ours, words):
+    with RunCheckpoints(tmp_path / "ck") as ckpts:
+        ckpts.save(trained_state(), rng=jax.random.key(1), position=Position(1, 2), model=stored)
+    with RunCheckpoints(tmp_path / "ck") as ckpts, pytest.raises(CheckpointError) as e:
+        ckpts.restore(fresh_state(ours), jax.random.key(0), model=model_signature(ours))
+    written, wanted = str(e.value).split(", not ")
+    assert words[0] in written and words[1] in wanted, str(e.value)
+    assert written.endswith(
+        "was written for model ((1,8),(1,16),(2,32),(2,64),(2,64))+batch_norm "
+        "(head flatten, hidden 64, 32 px, channels 1, classes 10)"
+    ), written
+
+
+def unfinished_tasks() -> list[asyncio.Task]:
+    gc.collect()
+    return [t for t in gc.get_objects() if issubclass(type(t), asyncio.Task) and not t.done()]
+
+
+# Orbax stops at the first failed array read and closes its event loop; the other reads
+# must be finished first, or their callbacks hit the closed loop and their coroutines,
+# collected unfinished, print tracebacks after the error (as "unraisable" exceptions,
+# which fail the test here).
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("which", ["array data", "array index", "array metadata", "meta", "metrics"])
 def test_truncated_checkpoint_is_refused(saved, tmp_path, which):
     folder = tmp_path / "ck"
     shutil.copytree(saved, folder)
     files = [p for p in (folder / "2").rglob("*") if p.is_file()]
     target = {
         "array data": max(files, key=lambda p: p.stat().st_size),
+        "array index": next((folder / "2" / "state" / "d").iterdir()),  # OCDBT b-tree nodes
         "array metadata": folder / "2" / "state" / "_METADATA",
         "meta": folder / "2" / "meta" / "metadata",
         "metrics": folder / "2" / "metrics" / "metrics",
@@ -148,7 +197,7 @@ def test_truncated_checkpoint_is_refused(saved, tmp_path, which):
     with pytest.raises(CheckpointError, match=f"checkpoint {folder / '2'} is truncated or unreadable"):
         with RunCheckpoints(folder) as ckpts:
             ckpts.restore(fresh_state(), jax.random.key(0), model=model_signature(CONFIG))
-    gc.collect()
+    assert unfinished_tasks() == []
 
 
 KILLED_SAVE = """

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from vggjax.cli import main
 
@@ -181,3 +182,20 @@ def test_train_init_from_converted_weights(tmp_path, capsys, fashion_small):
     _, before = read_run(source)
     a, b = (np.ravel(v["params"]["block3"]["conv1"]["kernel"]) for v in (variables, before))
     assert np.corrcoef(a, b)[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("flags", [[], ["--detail", "--json"]])
+def test_output_into_a_closed_pipe_exits_141_quietly(flags):
+    # `vggjax summary | head -3`, with head gone before vggjax writes: the table is written
+    # when stdout is flushed at exit, the longer JSON already by print.
+    read, write = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vggjax", "summary", "--arch", "vgg16", *flags],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(read)  # the reader is gone before the child starts writing
+    os.close(write)
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (141, "")

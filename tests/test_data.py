@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import socket
 import threading
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,47 @@ def test_missing_file(tmp_path):
         data.read_idx(tmp_path / "nope")
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_limit_gives_the_first_entries(tmp_path, gz):
+    array = np.arange(5 * 3 * 2, dtype=np.uint8).reshape(5, 3, 2)
+    path = write(tmp_path / "x.idx", idx_bytes(array), gz)
+    for limit in (1, 3, 5, 9):
+        out = data.read_idx(path, limit=limit)
+        assert out.shape == (min(limit, 5), 3, 2)
+        np.testing.assert_array_equal(out, array[:limit])
+        out[0, 0, 0] = 7  # writable
+    with pytest.raises(DataError, match="limit must be at least 0, got -1"):
+        data.read_idx(path, limit=-1)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_limit_still_checks_header_and_length(tmp_path, gz):
+    # the entries asked for are all there; what comes after them is not
+    declared_10_holds_9 = bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + bytes(range(9))
+    path = write(tmp_path / "labels", declared_10_holds_9, gz)
+    with pytest.raises(DataError, match="truncated.* 10 data bytes.* holds 9") as info:
+        data.read_idx(path, limit=2)
+    assert str(path) in str(info.value)
+    too_long = write(tmp_path / "long", idx_bytes(np.zeros(4)) + b"\0", gz)
+    with pytest.raises(DataError, match="too long: header declares shape \\(4,\\)"):
+        data.read_idx(too_long, limit=1)
+    not_idx = write(tmp_path / "html", b"<html>" + bytes(100), gz)
+    with pytest.raises(DataError, match="not an IDX file"):
+        data.read_idx(not_idx, limit=1)
+    header_cut = write(tmp_path / "cut", b"\0\0\x08\x03\0\0\0\x01", gz)
+    with pytest.raises(DataError, match="header truncated at 8 bytes"):
+        data.read_idx(header_cut, limit=1)
+
+
+def test_read_idx_limit_on_a_cut_gzip_stream(tmp_path):
+    blob = gzip.compress(idx_bytes(np.arange(50 * 28 * 28).reshape(50, 28, 28) % 251))
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match="truncated or corrupt gzip stream") as info:
+        data.read_idx(path, limit=1)
+    assert str(path) in str(info.value)
+
+
 # ---------------------------------------------------------------- load_split
 
 
@@ -161,12 +203,13 @@ def test_load_split_bad_arguments(tmp_path):
         data.load_split("valid", directory)
 
 
-def test_count_mismatch(tmp_path):
+@pytest.mark.parametrize("limit", [None, 3])
+def test_count_mismatch(tmp_path, limit):
     directory = make_dir(tmp_path / "d", n=10)
     labels = directory / "t10k-labels-idx1-ubyte.gz"
     write(labels, idx_bytes(np.zeros(9, dtype=np.uint8)), gz=True)
     with pytest.raises(DataError, match="10 images.* 9 labels") as info:
-        data.load_split("test", directory)
+        data.load_split("test", directory, limit=limit)
     assert "t10k-images-idx3-ubyte.gz" in str(info.value) and str(labels) in str(info.value)
 
 
@@ -179,15 +222,16 @@ def test_label_out_of_range(tmp_path):
     assert str(labels) in str(info.value)
 
 
-def test_images_wrong_shape(tmp_path):
+@pytest.mark.parametrize("limit", [None, 2])
+def test_images_wrong_shape(tmp_path, limit):
     directory = make_dir(tmp_path / "d", n=4)
     write(
         directory / "t10k-images-idx3-ubyte.gz",
         idx_bytes(np.zeros((4, 32, 32))),
         gz=True,
     )
-    with pytest.raises(DataError, match=r"\(N, 28, 28\)"):
-        data.load_split("test", directory)
+    with pytest.raises(DataError, match=r"images of shape \(4, 32, 32\), not \(N, 28, 28\)"):
+        data.load_split("test", directory, limit=limit)
 
 
 def test_debian_files_limited():
@@ -196,6 +240,26 @@ def test_debian_files_limited():
     assert ds["label"].shape == (100,) and ds["label"].dtype == np.int32
     assert ds["label"].min() >= 0 and ds["label"].max() <= 9
     assert ds["image"].max() > 0  # real pixels, not zeros
+
+
+def test_limited_load_reads_only_the_images_it_keeps(fashion_small):
+    images = data.DEBIAN_DIR / "train-images-idx3-ubyte.gz"
+    tracemalloc.start()
+    try:
+        ds = data.load_split("train", data.DEBIAN_DIR, limit=2000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # 2,000 images are 1.6 MB; reading all 60,000 held their 47 MB (twice, briefly)
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+    full = data.read_idx(images)
+    assert full.shape == (60000, 28, 28)
+    np.testing.assert_array_equal(ds["image"][..., 0], full[:2000])
+    np.testing.assert_array_equal(fashion_small[0]["image"], ds["image"])
+    labels = data.read_idx(images.with_name("train-labels-idx1-ubyte.gz"))
+    np.testing.assert_array_equal(ds["label"], labels[:2000])
+    owner = ds["image"] if ds["image"].base is None else ds["image"].base
+    assert owner.nbytes == 2000 * 28 * 28  # no view into a buffer of all the images
 
 
 def test_debian_files_full():

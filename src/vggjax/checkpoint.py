@@ -21,6 +21,8 @@ The final weights alone (``<run>/weights``) are written by :mod:`vggjax.weights`
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError
 from vggjax.steps import TrainState
 from vggjax.weights import load_variables, save_variables  # noqa: F401 - their old home
@@ -234,7 +237,7 @@ class RunCheckpoints:
             )
         where = self.directory / str(step)
         meta = self._restore_item(where, meta=ocp.args.JsonRestore())["meta"]
-        saved_model = meta.get("model") if isinstance(meta, dict) else None
+        saved_model = _with_added_keys(meta.get("model") if isinstance(meta, dict) else None)
         if saved_model != model:
             raise CheckpointError(
                 f"checkpoint {where} was written for model {_describe(saved_model)}, not "
@@ -286,12 +289,57 @@ class RunCheckpoints:
     def _restore_item(self, where: Path, **args: Any) -> dict:
         step = int(where.name)
         try:
-            return self._manager.restore(step, args=ocp.args.Composite(**args))
+            with _draining_event_loops():
+                return self._manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:  # orbax and tensorstore raise many types
             raise CheckpointError(
                 f"checkpoint {where} is truncated or unreadable ({_first_line(e)}); delete that folder "
                 "to resume from the one before it"
             ) from None
+
+
+class _DrainingEventLoop(asyncio.SelectorEventLoop):
+    """An event loop that lets every task on it finish before it closes.
+
+    Orbax (``asyncio_utils.run_sync``) reads a checkpoint's arrays with ``asyncio.gather``
+    on a fresh loop and closes that loop as soon as the first read fails, leaving the
+    other reads pending: their TensorStore callbacks then hit the closed loop ("Event
+    loop is closed") and the abandoned coroutines report their errors when collected,
+    dozens of tracebacks after our one-line error. Letting the remaining reads of the
+    same checkpoint finish first (``gather`` collects their errors) leaves nothing
+    behind to report. With no task pending, as after a good restore, it closes at once.
+    """
+
+    def close(self) -> None:
+        if self.is_running() or self.is_closed():
+            return super().close()
+        try:
+            while pending := asyncio.all_tasks(self):
+                self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.run_until_complete(self.shutdown_asyncgens())
+        finally:
+            super().close()
+
+
+class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return _DrainingEventLoop()
+
+
+@contextlib.contextmanager
+def _draining_event_loops():
+    """Within the block, event loops that orbax creates finish their tasks before closing.
+
+    Orbax makes its loop with ``asyncio.new_event_loop()``, which asks the event loop
+    policy; the previous policy is put back afterwards. (Policies are deprecated from
+    Python 3.14 on, with removal planned for 3.16.)
+    """
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_DrainingPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(previous)
 
 
 def _json_readable(step_dir: Path) -> bool:
@@ -310,11 +358,27 @@ def _first_line(e: BaseException, limit: int = 160) -> str:
     return text.splitlines()[0][:limit] if text else type(e).__name__
 
 
+# Keys added to the model signature after checkpoints had been written without them. A
+# checkpoint that lacks one was written for the field's default (before the key was
+# stored, every model had 1 input channel and 10 classes), so it still resumes under
+# the config it was written with.
+ADDED_SIGNATURE_KEYS = ("channels", "num_classes")
+
+
+def _with_added_keys(model: Any) -> Any:
+    """A stored model signature with the keys it predates set to their config defaults."""
+    if not isinstance(model, dict):
+        return model
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in ADDED_SIGNATURE_KEYS}
+    return {**defaults, **model}
+
+
 def _describe(model: Any) -> str:
     if not isinstance(model, dict):
         return "unknown"
     extras = [k for k in ("batch_norm", "lrn") if model.get(k)]
     return (
         f"{model.get('arch')}{'+' + '+'.join(extras) if extras else ''} "
-        f"(head {model.get('head')}, hidden {model.get('hidden')}, {model.get('image_size')} px)"
+        f"(head {model.get('head')}, hidden {model.get('hidden')}, {model.get('image_size')} px, "
+        f"channels {model.get('channels')}, classes {model.get('num_classes')})"
     )

@@ -3,7 +3,7 @@
 Every user error (a :class:`~vggjax.errors.VggjaxError`) becomes one line on stderr,
 ``error: <what was wrong and how to fix it>``, without a traceback. Exit statuses: 0 ok,
 1 some ``predict`` files unreadable, 2 bad input, 3 training diverged (NaN/Inf), 130 Ctrl-C,
-143 SIGTERM (see :mod:`vggjax.errors`).
+141 stdout's reader went away (a closed pipe), 143 SIGTERM (see :mod:`vggjax.errors`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -462,11 +463,21 @@ def _terminated(signum, frame):
     raise Interrupted("stopped by SIGTERM outside the training loop", signum)
 
 
+def _discard_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is no file (captured in tests, or closed)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status.
 
     0 ok, 1 some ``predict`` files could not be read (the rest were predicted), 2 bad
-    input, 3 training diverged, 130 stopped by Ctrl-C, 143 stopped by SIGTERM.
+    input, 3 training diverged, 130 stopped by Ctrl-C, 141 the reader of stdout went
+    away (``vggjax summary | head -3``), 143 stopped by SIGTERM.
     """
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # before JAX allocates its first buffer
@@ -476,7 +487,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here rather than at exit
+        return status
+    except BrokenPipeError:
+        # The reader (head, less) has gone, as SIGPIPE would tell a C program: stop
+        # quietly with the shell's status for that (128 + SIGPIPE), and point stdout at
+        # /dev/null so that the flush at exit does not fail again (Python's docs, signal).
+        _discard_stdout()
+        return 128 + signal.SIGPIPE
     except VggjaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -13,6 +13,7 @@ Exit statuses of ``vggjax``:
 2     bad input (any :class:`VggjaxError` but :class:`DivergedError`)
 3     training diverged: a non-finite loss or gradient (:class:`DivergedError`)
 130   stopped by Ctrl-C (SIGINT); a checkpoint was saved if training had started
+141   the reader of stdout went away (a closed pipe: ``vggjax summary | head -3``)
 143   stopped by SIGTERM; a checkpoint was saved if training had started
 ===== ==========================================================================
 """
