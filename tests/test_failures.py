@@ -24,6 +24,7 @@ from vggjax.config import TrainConfig
 from vggjax.files import atomic_write_text
 from vggjax.steps import create_train_state
 from vggjax.train import make_model, make_optimizer, model_signature
+from vggjax.weights import save_variables
 
 RUN = TrainConfig(arch="vgg11_bn", width=0.125, hidden=64, limit_train=64, limit_test=64, batch_size=16)
 
@@ -195,6 +196,26 @@ def test_resume_from_emptied_checkpoint_file_prints_only_the_error_line(which, t
     assert err.count("\n") == 1, err[-3000:]  # one line and nothing after it
     assert err.startswith(f"error: checkpoint {out / 'checkpoints' / '1'} is truncated or unreadable ("), err
     assert err.endswith("); delete that folder to resume from the one before it\n"), err
+    assert snapshot(out) == before
+
+
+EVAL_AND_COLLECT = RESUME_AND_COLLECT.replace('"train", "--no-progress", "--resume", ', '"eval", ')
+
+
+def test_eval_with_emptied_weights_file_prints_only_the_error_line(tmp_path):
+    # The final weights are read by the same orbax machinery as checkpoints, and failed
+    # the same way (13 lines of "Event loop is closed" after the error line).
+    out = make_run(tmp_path / "out", checkpoint_of=None)
+    state = create_train_state(make_model(RUN), make_optimizer(RUN, 4), jax.random.key(0), (1, 32, 32, 1))
+    save_variables(out / "weights", {"params": state.params, "batch_stats": state.batch_stats})
+    (out / "weights" / "manifest.ocdbt").write_bytes(b"")
+    before = snapshot(out)
+    proc = subprocess.run(
+        [sys.executable, "-c", EVAL_AND_COLLECT, str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert proc.stderr.startswith(f"error: cannot load weights from {out / 'weights'}"), proc.stderr
     assert snapshot(out) == before
 
 

@@ -21,8 +21,6 @@ The final weights alone (``<run>/weights``) are written by :mod:`vggjax.weights`
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import json
 import math
@@ -37,7 +35,7 @@ from orbax.checkpoint import checkpoint_managers
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError
 from vggjax.steps import TrainState
-from vggjax.weights import load_variables, save_variables  # noqa: F401 - their old home
+from vggjax.weights import draining_event_loops, load_variables, save_variables  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,57 +287,13 @@ class RunCheckpoints:
     def _restore_item(self, where: Path, **args: Any) -> dict:
         step = int(where.name)
         try:
-            with _draining_event_loops():
+            with draining_event_loops():
                 return self._manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:  # orbax and tensorstore raise many types
             raise CheckpointError(
                 f"checkpoint {where} is truncated or unreadable ({_first_line(e)}); delete that folder "
                 "to resume from the one before it"
             ) from None
-
-
-class _DrainingEventLoop(asyncio.SelectorEventLoop):
-    """An event loop that lets every task on it finish before it closes.
-
-    Orbax (``asyncio_utils.run_sync``) reads a checkpoint's arrays with ``asyncio.gather``
-    on a fresh loop and closes that loop as soon as the first read fails, leaving the
-    other reads pending: their TensorStore callbacks then hit the closed loop ("Event
-    loop is closed") and the abandoned coroutines report their errors when collected,
-    dozens of tracebacks after our one-line error. Letting the remaining reads of the
-    same checkpoint finish first (``gather`` collects their errors) leaves nothing
-    behind to report. With no task pending, as after a good restore, it closes at once.
-    """
-
-    def close(self) -> None:
-        if self.is_running() or self.is_closed():
-            return super().close()
-        try:
-            while pending := asyncio.all_tasks(self):
-                self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self.run_until_complete(self.shutdown_asyncgens())
-        finally:
-            super().close()
-
-
-class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
-    def new_event_loop(self) -> asyncio.AbstractEventLoop:
-        return _DrainingEventLoop()
-
-
-@contextlib.contextmanager
-def _draining_event_loops():
-    """Within the block, event loops that orbax creates finish their tasks before closing.
-
-    Orbax makes its loop with ``asyncio.new_event_loop()``, which asks the event loop
-    policy; the previous policy is put back afterwards. (Policies are deprecated from
-    Python 3.14 on, with removal planned for 3.16.)
-    """
-    previous = asyncio.get_event_loop_policy()
-    asyncio.set_event_loop_policy(_DrainingPolicy())
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop_policy(previous)
 
 
 def _json_readable(step_dir: Path) -> bool:

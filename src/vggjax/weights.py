@@ -8,6 +8,9 @@ leaves a half-written folder under the final name.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,7 @@ def load_variables(path: str | Path, target: dict[str, Any] | None = None) -> di
     if not path.is_dir():
         raise CheckpointError(f"no weights at {path}; give a folder written by vggjax train")
     try:
-        with ocp.StandardCheckpointer() as ckptr:
+        with ocp.StandardCheckpointer() as ckptr, draining_event_loops():
             if target is None:
                 return ckptr.restore(path)
             abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
@@ -49,3 +52,47 @@ def load_variables(path: str | Path, target: dict[str, Any] | None = None) -> di
     except (ValueError, KeyError, OSError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot load weights from {path}: {first}") from None
+
+
+class _DrainingEventLoop(asyncio.SelectorEventLoop):
+    """An event loop that lets every task on it finish before it closes.
+
+    Orbax (``asyncio_utils.run_sync``) reads a checkpoint's arrays with ``asyncio.gather``
+    on a fresh loop and closes that loop as soon as the first read fails, leaving the
+    other reads pending: their TensorStore callbacks then hit the closed loop ("Event
+    loop is closed") and the abandoned coroutines report their errors when collected,
+    dozens of tracebacks after our one-line error. Letting the remaining reads of the
+    same checkpoint finish first (``gather`` collects their errors) leaves nothing
+    behind to report. With no task pending, as after a good restore, it closes at once.
+    """
+
+    def close(self) -> None:
+        if self.is_running() or self.is_closed():
+            return super().close()
+        try:
+            while pending := asyncio.all_tasks(self):
+                self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.run_until_complete(self.shutdown_asyncgens())
+        finally:
+            super().close()
+
+
+class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return _DrainingEventLoop()
+
+
+@contextlib.contextmanager
+def draining_event_loops() -> Iterator[None]:
+    """Within the block, event loops that orbax creates finish their tasks before closing.
+
+    Orbax makes its loop with ``asyncio.new_event_loop()``, which asks the event loop
+    policy; the previous policy is put back afterwards. (Policies are deprecated from
+    Python 3.14 on, with removal planned for 3.16.)
+    """
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_DrainingPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(previous)
