@@ -10,9 +10,10 @@ Cases (input uint8 at the model's size, scaled to [0, 1] inside the step on both
 
 Each allocator mode runs in a fresh child process, since glibc reads its settings once:
   default:   glibc as it comes; vggjax's mallopt is switched off (VGGJAX_MALLOC=default).
-  allocator: MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 in the child's environment,
-             so glibc applies them from the first allocation for both frameworks in the
-             process; this is the same setting `vggjax` applies to itself with mallopt.
+  allocator: MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_ARENA_MAX=1 in the
+             child's environment, so glibc applies them from the first allocation for both
+             frameworks in the process; this is the same setting `vggjax` applies to
+             itself with mallopt.
 
 Needs PyTorch (CPU): `.venv/bin/pip install torch==2.13.0`; it is not a vggjax dependency.
 
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import time
 
-ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647", "MALLOC_ARENA_MAX": "1"}
 # name: (kind, arch, width, image size, channels, classes, batch, steps per turn)
 CASES = {
     "vgg11-32": ("train", "vgg11", 0.25, 32, 1, 10, 128, 4),
