@@ -12,9 +12,10 @@ XLA:CPU runs well:
   Weight gradient: one im2col matmul ``patches^T @ dy`` on small maps and for a
   1-channel input, XLA's own on larger maps (where im2col measured no faster on a
   2-core x86 with other jobs running).
-* :func:`max_pool_2x2`: reshape + max; the forward pass also records which of the
-  four holds the maximum (int8, the first on ties, as XLA's select-and-scatter
-  picks), and the gradient is routed by that index with element-wise selects.
+* :func:`max_pool_2x2`: reshape and pairwise maxima; under differentiation the
+  forward pass records which of the four holds the maximum (int8, the first on ties,
+  as XLA's select-and-scatter picks), and the gradient is routed by that index with
+  element-wise selects.
 * :func:`dense`: ``x @ w`` whose weight gradient transposes ``x`` first.
 
 They plug into flax.linen through ``nn.Conv(conv_general_dilated=...)`` and
