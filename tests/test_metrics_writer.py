@@ -35,3 +35,23 @@ def test_writer_rates_between_points(tmp_path):
     assert [s for s, _ in scalars["train/images_per_s"]] == [20, 40]
     assert scalars["val/acc"] == [(40, 0.5)] and scalars["val/loss"] == [(40, 1.25)]
     assert "train/epoch_loss" not in scalars
+
+
+def test_resumed_writer_hides_the_points_logged_after_the_checkpoint(tmp_path):
+    # A run checkpointed at step 20, logged up to step 60 and was killed; the resumed run
+    # logs 21..60 again. TensorBoard must show each step once, with the resumed values.
+    first = MetricsWriter(tmp_path, '{"lr": 0.1}')
+    first.start_epoch(0)
+    for step in (20, 40, 60):
+        first.train(step, 1.0, batch_size=8)
+    first.close()
+    resumed = MetricsWriter(tmp_path, '{"lr": 0.1}', resume_step=20)
+    resumed.start_epoch(20)
+    for step in (40, 60):
+        resumed.train(step, 0.5, batch_size=8)
+    resumed.close()
+    assert _scalars(tmp_path)["train/loss"] == [(20, 1.0), (40, 0.5), (60, 0.5)]
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert events.Tags()["tensors"] == ["config/text_summary"]
+    assert len(events.Tensors("config/text_summary")) == 1  # the config is written once

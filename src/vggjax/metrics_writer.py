@@ -27,15 +27,35 @@ class MetricsWriter:
 
     Args:
       run_dir: the run folder (must exist).
-      config_json: the run's config, shown on TensorBoard's text tab.
+      config_json: the run's config, shown on TensorBoard's text tab (written once, not
+        again on resume).
       active: False makes every method a no-op (processes other than 0 of a multi-process run).
+      resume_step: the checkpoint step a resumed run continues from. Points an earlier
+        process logged after it (between the checkpoint and a kill) are then hidden
+        from TensorBoard (tensorboardX's ``purge_step``), so no step appears twice.
     """
 
-    def __init__(self, run_dir: str | Path, config_json: str = "", *, active: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        config_json: str = "",
+        *,
+        active: bool = True,
+        resume_step: int | None = None,
+    ) -> None:
         self._writer = _NoWriter()
         if active:
-            self._writer = SummaryWriter(logdir=str(run_dir), flush_secs=30)
-            if config_json:
+            purge = None if resume_step is None else resume_step + 1
+            # A nanosecond suffix: the default name (seconds and host) is the same for two
+            # writers opened within a second, and the second would replace the first
+            # file; TensorBoard reads the files in name order, which stays time order.
+            self._writer = SummaryWriter(
+                logdir=str(run_dir),
+                flush_secs=30,
+                purge_step=purge,
+                filename_suffix=f".{time.time_ns()}",
+            )
+            if config_json and resume_step is None:
                 self._writer.add_text("config", f"```\n{config_json}\n```", 0)
         self._last: tuple[int, float] | None = None
 

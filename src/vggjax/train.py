@@ -188,12 +188,12 @@ def train_and_evaluate(
     else:
         state = jax.jit(init, out_shardings=rep)(init_rng)
     signature, checkpoints = model_signature(config), run_dir / run_folder.CHECKPOINTS
-    start, partial, records = Position(1, 0), [], []
+    start, partial, records, resume_step = Position(1, 0), [], [], None
     if resume:
         with RunCheckpoints(checkpoints, keep=config.keep) as ckpts:
             restored = ckpts.restore(state, dropout_rng, model=signature, sharding=rep)
         state, dropout_rng, start = restored.state, restored.rng, restored.position
-        partial, records = restored.partial, restored.records
+        partial, records, resume_step = restored.partial, restored.records, restored.step
         _check_position(start, config, steps_per_epoch, run_dir)
         log(
             f"resuming {run_dir} from step {restored.step} (epoch {start.epoch}, "
@@ -206,7 +206,7 @@ def train_and_evaluate(
         atomic_write_text(run_dir / "config.json", config.to_json() + "\n")
         write_jsonl(run_dir / "metrics.jsonl", records)
     parallel.sync("run folder ready")
-    board = MetricsWriter(run_dir, config.to_json(), active=main)
+    board = MetricsWriter(run_dir, config.to_json(), active=main, resume_step=resume_step)
     train_fn = jax.jit(
         functools.partial(train_step, image_size=config.image_size),
         in_shardings=(rep, split, rep),
