@@ -126,6 +126,7 @@ CASES = {
     "arch unknown name": (["--arch", "vgg99"], "unknown arch 'vgg99'; use one of"),
     "width zero": (["--width", "0"], "width multiplier must be > 0, got 0.0"),
     "width negative": (["--width", "-0.5"], "width multiplier must be > 0, got -0.5"),
+    "width infinite": (["--width", "inf"], "width multiplier must be finite, got inf"),
     "image too small": (
         ["--image-size", "16"],
         "--image-size 16 is too small for 5 2x2 max-pools; use at least 32",
