@@ -116,6 +116,11 @@ def _train(args: argparse.Namespace) -> int:
     from vggjax.run_folder import check_new_run_dir
     from vggjax.train import describe, train_and_evaluate
 
+    for name in ("out", "resume", "init_from", "data_dir"):
+        # an empty value (e.g. an unset shell variable) would read as no flag at all, or as "."
+        if getattr(args, name) is not None and not getattr(args, name).strip():
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} is empty; give it a folder, or drop {flag}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     preset = get_preset(args.preset) if args.preset else None
