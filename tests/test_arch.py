@@ -65,6 +65,11 @@ def test_bad_width(width):
         scale_width(get_arch("vgg11").blocks, width)
 
 
+def test_infinite_width_is_an_arch_error_not_an_overflow():
+    with pytest.raises(ArchError, match=r"width multiplier must be finite, got inf; 1.0 keeps"):
+        scale_width(get_arch("vgg11").blocks, float("inf"))
+
+
 def test_layers_use_vgg_names():
     names_ = [layer.name for layer in layers(get_arch("vgg11_bn"))]
     assert names_[:5] == ["conv1_1", "bn1_1", "relu1_1", "pool1", "conv2_1"]

@@ -122,6 +122,11 @@ def test_convert_torchvision_then_predict_imagenet(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == lines
     assert main(["eval", str(run_dir)]) == 2
     assert "holds imagenet weights; vggjax eval scores Fashion-MNIST runs" in capsys.readouterr().err
+    # --top 0 / --top-k 0 used to print one class and exit 0
+    assert main(["predict-imagenet", str(run_dir), str(tmp_path / "a.png"), "--top", "0"]) == 2
+    assert capsys.readouterr() == ("", "error: --top must be a positive integer, got 0\n")
+    assert main(["predict", str(run_dir), str(tmp_path / "a.png"), "--top-k", "-3"]) == 2
+    assert capsys.readouterr() == ("", "error: --top-k must be a positive integer, got -3\n")
 
     bad = ["convert-torchvision", str(tmp_path / "w.pth"), "--arch", "vgg11_bn", "--out", str(tmp_path / "x")]
     assert main(bad) == 2

@@ -8,6 +8,7 @@ from torch_vgg import make_torch_vgg
 
 from vggjax import pretrained
 from vggjax.arch import get_arch
+from vggjax.cli import main
 from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import HeadShape
 from vggjax.torchfile import read_state_dict
@@ -118,3 +119,27 @@ def test_init_from_must_keep_the_network(small):
         )
     with pytest.raises(CheckpointError, match="not a vggjax run folder"):
         pretrained.read_run(root)
+
+
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        (
+            "missing/out.safetensors",
+            "cannot write {tmp}/missing/out.safetensors: no folder {tmp}/missing; "
+            "create it or choose another path",
+        ),
+        ("folder", "{tmp}/folder is a folder; give a file name ending in .safetensors or .pth"),
+    ],
+)
+def test_export_to_an_unwritable_path_is_one_line_exit_2(small, tmp_path, capsys, where, message):
+    # both used to end in a FileNotFoundError / IsADirectoryError traceback
+    _, root = small
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "kept.txt").write_text("mine")
+    assert main(["export-torchvision", str(root / "run"), str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: " + message.format(tmp=tmp_path) + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+    assert [p.name for p in (tmp_path / "folder").iterdir()] == ["kept.txt"]
+    assert (tmp_path / "folder" / "kept.txt").read_text() == "mine"

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import pytest
 
 from vggjax.arch import get_arch
-from vggjax.errors import ArchError
+from vggjax.cli import main
+from vggjax.errors import ArchError, ConfigError
 from vggjax.models import VGG
 from vggjax.summary import summarize, to_json, totals
 
@@ -73,3 +74,26 @@ def test_detail_rows_and_json():
 def test_too_small():
     with pytest.raises(ArchError, match="at least 32x32"):
         summarize(get_arch("vgg11"), input_size=28)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"channels": 0}, "--channels must be a positive integer, got 0"),
+        ({"channels": -3}, "--channels must be a positive integer, got -3"),
+        ({"num_classes": 0}, "--num-classes must be a positive integer, got 0"),
+        ({"num_classes": -4}, "--num-classes must be a positive integer, got -4"),
+        ({"hidden": 0}, "--hidden must be a positive integer, got 0"),
+    ],
+)
+def test_non_positive_sizes_are_errors_not_negative_counts(kwargs, message):
+    # `vggjax summary --num-classes -4` used to print fc8 with -16,388 parameters and exit 0
+    with pytest.raises(ConfigError, match=message):
+        summarize(get_arch("vgg11"), input_size=32, **kwargs)
+
+
+def test_summary_cli_non_positive_channels_is_one_line_exit_2(capsys):
+    assert main(["summary", "--channels", "0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: --channels must be a positive integer, got 0\n"
+    assert captured.out == ""

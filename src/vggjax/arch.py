@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import re
 from collections.abc import Sequence
 
@@ -157,10 +158,12 @@ def scale_width(blocks: Sequence[Block], width: float) -> tuple[Block, ...]:
     ``scale_width(vgg11, 0.25)`` is the d2l chapter's thin VGG-11 (16/32/64/128/128).
 
     Raises:
-      ArchError: if ``width`` is not a positive number.
+      ArchError: if ``width`` is not a finite positive number.
     """
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
         raise ArchError(f"width multiplier must be > 0, got {width!r}; 1.0 keeps the paper's channels")
+    if math.isinf(width):  # int(inf) below would raise OverflowError
+        raise ArchError(f"width multiplier must be finite, got {width!r}; 1.0 keeps the paper's channels")
     return tuple(dataclasses.replace(b, channels=max(1, int(b.channels * width + 0.5))) for b in blocks)
 
 

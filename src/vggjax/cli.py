@@ -116,6 +116,11 @@ def _train(args: argparse.Namespace) -> int:
     from vggjax.run_folder import check_new_run_dir
     from vggjax.train import describe, train_and_evaluate
 
+    for name in ("out", "resume", "init_from", "data_dir"):
+        # an empty value (e.g. an unset shell variable) would read as no flag at all, or as "."
+        if getattr(args, name) is not None and not getattr(args, name).strip():
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} is empty; give it a folder, or drop {flag}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     preset = get_preset(args.preset) if args.preset else None
@@ -274,7 +279,7 @@ def _predict(args: argparse.Namespace) -> int:
     if run.config.dataset == "imagenet":  # converted torchvision weights: ImageNet preprocessing
         if args.json:
             raise ConfigError("--json is for Fashion-MNIST runs; drop it for ImageNet weights")
-        return _print_imagenet(run, args.images, top=args.top_k, labels=args.labels)
+        return _print_imagenet(run, args.images, top=args.top_k, labels=args.labels, flag="--top-k")
     results = predict_files(run, args.images, top_k=args.top_k, invert=args.invert)
     for r in results:
         if "error" in r:
@@ -385,15 +390,17 @@ def _predict_imagenet(args: argparse.Namespace) -> int:
 
     run = load_run(args.run_dir)
     imagenet.check_run(run.config, args.run_dir)
-    return _print_imagenet(run, args.images, top=args.top, labels=args.labels)
+    return _print_imagenet(run, args.images, top=args.top, labels=args.labels, flag="--top")
 
 
-def _print_imagenet(run, images: Sequence[str], *, top: int, labels: str | None) -> int:
+def _print_imagenet(run, images: Sequence[str], *, top: int, labels: str | None, flag: str) -> int:
     """Top classes of each image under a converted torchvision run, one indented line each."""
     from vggjax import imagenet
 
+    if top < 1:  # was silently raised to 1
+        raise ConfigError(f"{flag} must be a positive integer, got {top}")
     names = imagenet.read_labels(labels, run.config.num_classes) if labels else None
-    results = imagenet.predict_files(run.model, run.variables, images, top=max(1, top))
+    results = imagenet.predict_files(run.model, run.variables, images, top=top)
     for path, (indices, probs) in zip(images, results, strict=True):
         print(path)
         for rank, (i, prob) in enumerate(zip(indices, probs, strict=True), 1):

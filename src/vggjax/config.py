@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,12 @@ class TrainConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout_rate!r}")
         if not self.warmup_epochs >= 0:
             raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs!r}")
+        for name in ("lr", "weight_decay", "warmup_epochs"):
+            if math.isinf(getattr(self, name)):
+                raise ConfigError(f"--{flag_name(name)} must be finite, got {getattr(self, name)!r}")
+        # jax.random.key keeps 32 bits (2**32 seeds as 0) and NumPy's shuffle rejects negatives
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be an integer in [0, 2**32), got {self.seed!r}")
         choices = {
             "schedule": SCHEDULES,
             "head": HEADS[:2],

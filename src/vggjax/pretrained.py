@@ -138,10 +138,19 @@ def export_torchvision(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     Raises:
       CheckpointError: if ``run_dir`` is not a run folder, or a ``.pth`` is asked for
         without torch installed.
+      ConfigError: if ``path`` is a folder or cannot be written.
     """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give a file name ending in .safetensors or .pth")
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {path}: no folder {path.parent}; create it or choose another path")
     config, variables = read_run(run_dir)
     state = interop.to_torchvision(variables, config.resolved_arch())
-    torchfile.write_state_dict(path, state)
+    try:
+        torchfile.write_state_dict(path, state)
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}; choose a writable path") from None
     return state
 
 

@@ -15,7 +15,7 @@ import dataclasses
 import json
 
 from vggjax.arch import Arch, layers
-from vggjax.errors import ArchError
+from vggjax.errors import ArchError, ConfigError
 
 ADAPTIVE_SIZE = 7
 
@@ -67,7 +67,16 @@ def summarize(
 
     Raises:
       ArchError: if the input is smaller than the arch's minimum size.
+      ConfigError: if ``channels``, ``num_classes``, ``hidden`` or ``batch`` is not a positive integer.
     """
+    for flag, value in (
+        ("channels", channels),
+        ("num-classes", num_classes),
+        ("hidden", hidden),
+        ("batch", batch),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"--{flag} must be a positive integer, got {value!r}")
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     if min(h, w) < arch.min_input_size:
         raise ArchError(
