@@ -127,6 +127,14 @@ def test_convert_torchvision_then_predict_imagenet(tmp_path, capsys):
     assert capsys.readouterr() == ("", "error: --top must be a positive integer, got 0\n")
     assert main(["predict", str(run_dir), str(tmp_path / "a.png"), "--top-k", "-3"]) == 2
     assert capsys.readouterr() == ("", "error: --top-k must be a positive integer, got -3\n")
+    # An unreadable file gets its error line and the others are still predicted (exit 1),
+    # as `vggjax predict` does for a Fashion-MNIST run.
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    files = [str(tmp_path / "bad.png"), str(tmp_path / "a.png")]
+    assert main(["predict-imagenet", str(run_dir), *files, *labels]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == lines and err.count("\n") == 1 and "bad.png" in err
+    assert err.startswith("error: ")
 
     bad = ["convert-torchvision", str(tmp_path / "w.pth"), "--arch", "vgg11_bn", "--out", str(tmp_path / "x")]
     assert main(bad) == 2

@@ -401,12 +401,15 @@ def _print_imagenet(run, images: Sequence[str], *, top: int, labels: str | None,
         raise ConfigError(f"{flag} must be a positive integer, got {top}")
     names = imagenet.read_labels(labels, run.config.num_classes) if labels else None
     results = imagenet.predict_files(run.model, run.variables, images, top=top)
-    for path, (indices, probs) in zip(images, results, strict=True):
+    for path, result in zip(images, results, strict=True):
+        if isinstance(result, Exception):  # an unreadable file: one line, the others go on
+            print(f"error: {result}", file=sys.stderr)
+            continue
         print(path)
-        for rank, (i, prob) in enumerate(zip(indices, probs, strict=True), 1):
+        for rank, (i, prob) in enumerate(zip(*result, strict=True), 1):
             name = f"  {names[i]}" if names else ""
             print(f"  {rank}. {i:4d}  {prob:.4f}{name}")
-    return 0
+    return 1 if any(isinstance(r, Exception) for r in results) else 0
 
 
 def _bench_parser(sub) -> None:

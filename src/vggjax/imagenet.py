@@ -144,18 +144,24 @@ def _top_k(model: VGG, variables: dict, x: jax.Array, k: int) -> tuple[jax.Array
 
 def predict_files(
     model: VGG, variables: dict, paths: Sequence[str | Path], *, top: int = 5, batch_size: int = 8
-) -> list[tuple[np.ndarray, np.ndarray]]:
+) -> list[tuple[np.ndarray, np.ndarray] | DataError]:
     """:func:`load_image` then :func:`predict` for each file, ``batch_size`` images at a time.
 
     Returns:
-      One ``(indices int32[top], probabilities float32[top])`` per path, in order.
-
-    Raises:
-      DataError: for a file that is not a readable image.
+      One entry per path, in order: ``(indices int32[top], probabilities float32[top])``,
+      or the :class:`DataError` of a file that is not a readable image (the other files
+      are still predicted, as by :func:`vggjax.predict.predict_files`).
     """
-    out = []
-    for i in range(0, len(paths), batch_size):
-        batch = np.stack([load_image(p) for p in paths[i : i + batch_size]])
-        indices, probs = predict(model, variables, batch, top=top)
-        out += list(zip(indices, probs, strict=True))
-    return out
+    loaded: list[np.ndarray | DataError] = []
+    for path in paths:
+        try:
+            loaded.append(load_image(path))
+        except DataError as e:
+            loaded.append(e)
+    good = [x for x in loaded if not isinstance(x, DataError)]
+    results = []
+    for i in range(0, len(good), batch_size):
+        indices, probs = predict(model, variables, np.stack(good[i : i + batch_size]), top=top)
+        results += list(zip(indices, probs, strict=True))
+    it = iter(results)
+    return [x if isinstance(x, DataError) else next(it) for x in loaded]
