@@ -118,14 +118,19 @@ class BenchConfig:
         return totals(rows)["total_macs"]
 
 
-def median_rate(run: Callable[[], Any], *, items: int, repeats: int) -> float:
-    """Median of ``items / seconds`` over ``repeats`` calls of ``run`` (which must block)."""
-    rates = []
+def rates(run: Callable[[], Any], *, items: int, repeats: int) -> list[float]:
+    """``items / seconds`` of each of ``repeats`` calls of ``run`` (which must block)."""
+    out = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
-        rates.append(items / (time.perf_counter() - start))
-    return statistics.median(rates)
+        out.append(items / (time.perf_counter() - start))
+    return out
+
+
+def median_rate(run: Callable[[], Any], *, items: int, repeats: int) -> float:
+    """Median of :func:`rates`: the typical rate, robust to a run slowed by another process."""
+    return statistics.median(rates(run, items=items, repeats=repeats))
 
 
 def matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 10) -> float:
@@ -137,12 +142,7 @@ def matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 10) -> flo
     a = jax.random.normal(jax.random.key(0), (n, n), DTYPES[dtype])
     f = jax.jit(jnp.dot)
     f(a, a).block_until_ready()
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f(a, a).block_until_ready()
-        rates.append(2 * n**3 / (time.perf_counter() - start))
-    return max(rates) / 1e9
+    return max(rates(lambda: f(a, a).block_until_ready(), items=2 * n**3, repeats=repeats)) / 1e9
 
 
 def synthetic_images(config: BenchConfig, n: int, seed: int = 0) -> dict[str, np.ndarray]:
