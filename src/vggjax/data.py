@@ -54,6 +54,7 @@ HOW_TO_GET = (
     f"{', '.join(_ALL_FILES)} from {URL} into a directory and pass --data-dir DIR "
     f"or set {ENV_VAR}=DIR"
 )
+GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of a gzip file, whatever its name
 _REPLACE = f"replace it with the official file from {URL}"
 _PUT_FILES = f"put {', '.join(_ALL_FILES)} there (gzipped or not), or choose another directory"
 
@@ -105,7 +106,7 @@ def _read_all(path: Path) -> bytes:
     gzipped = False
     try:
         with open(path, "rb") as f:
-            gzipped = f.read(2) == b"\x1f\x8b"
+            gzipped = f.read(2) == GZIP_MAGIC
         with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
             return f.read()
     except (EOFError, zlib.error, OSError) as e:
@@ -123,7 +124,7 @@ def _read_head(path: Path, limit: int) -> tuple[np.ndarray, int] | None:
     """
     try:
         with open(path, "rb") as f:
-            gzipped = f.read(2) == b"\x1f\x8b"
+            gzipped = f.read(2) == GZIP_MAGIC
             size = f.seek(0, os.SEEK_END)
             if gzipped:
                 if size < 18:  # a gzip member's header and trailer alone take 18 bytes
