@@ -35,7 +35,7 @@ def fashion_small():
 def tiny_run(tmp_path_factory):
     """A real one-epoch run (512 training images, thin VGG-11 at 32x32) and its config."""
     from vggjax.config import TrainConfig
-    from vggjax.train import train_and_evaluate
+    from vggjax.training.train import train_and_evaluate
 
     config = TrainConfig(
         limit_train=512, limit_test=256, width=0.25, hidden=128, dropout_rate=0.0, batch_size=16, epochs=1

@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vggjax import parallel
-from vggjax.checkpoint import Position, RunCheckpoints
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError
-from vggjax.steps import create_train_state
-from vggjax.train import make_model, make_optimizer, model_signature
+from vggjax.run.checkpoint import Position, RunCheckpoints
+from vggjax.training import parallel
+from vggjax.training.steps import create_train_state
+from vggjax.training.train import make_model, make_optimizer, model_signature
 
 CONFIG = TrainConfig(arch="vgg11_bn", width=0.125, hidden=64, image_size=32)
 
@@ -205,8 +205,8 @@ import os, signal
 import jax, jax.numpy as jnp
 from orbax.checkpoint._src.path import atomicity
 import test_checkpoint as t
-from vggjax import parallel
-from vggjax.checkpoint import Position, RunCheckpoints
+from vggjax.training import parallel
+from vggjax.run.checkpoint import Position, RunCheckpoints
 
 state, sig = t.trained_state(), t.model_signature(t.CONFIG)
 with RunCheckpoints({folder!r}) as ckpts:

@@ -149,7 +149,7 @@ def test_train_init_from_converted_weights(tmp_path, capsys, fashion_small):
     import torch
     from torch_vgg import make_torch_vgg
 
-    from vggjax.pretrained import read_run
+    from vggjax.interop.pretrained import read_run
 
     torch.save(make_torch_vgg("vgg11", width=0.125, hidden=64).state_dict(), tmp_path / "w.pth")
     source = tmp_path / "src"

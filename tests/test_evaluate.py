@@ -6,15 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vggjax import checkpoint, data
+from vggjax import data
 from vggjax.cli import main
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
-from vggjax.evaluate import classification_report, evaluate_run
-from vggjax.files import read_jsonl
-from vggjax.runs import load_run
-from vggjax.steps import preprocess
-from vggjax.train import make_model
+from vggjax.run import checkpoint
+from vggjax.run.files import read_jsonl
+from vggjax.run.runs import load_run
+from vggjax.tasks.evaluate import classification_report, evaluate_run
+from vggjax.training.steps import preprocess
+from vggjax.training.train import make_model
 
 
 def test_classification_report_by_hand():

@@ -17,14 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vggjax import data, run_folder
-from vggjax.checkpoint import Position, RunCheckpoints
+from vggjax import data
 from vggjax.cli import main
 from vggjax.config import TrainConfig
-from vggjax.files import atomic_write_text
-from vggjax.steps import create_train_state
-from vggjax.train import make_model, make_optimizer, model_signature
-from vggjax.weights import save_variables
+from vggjax.run import folder as run_folder
+from vggjax.run.checkpoint import Position, RunCheckpoints
+from vggjax.run.files import atomic_write_text
+from vggjax.run.weights import save_variables
+from vggjax.training.steps import create_train_state
+from vggjax.training.train import make_model, make_optimizer, model_signature
 
 RUN = TrainConfig(arch="vgg11_bn", width=0.125, hidden=64, limit_train=64, limit_test=64, batch_size=16)
 

@@ -8,9 +8,9 @@ import pytest
 from flax import linen as nn
 from jax import lax
 
-from vggjax import fastops
 from vggjax.errors import ArchError
-from vggjax.models import build_model, resolve_impl
+from vggjax.nn import fastops
+from vggjax.nn.vgg import build_model, resolve_impl
 
 
 def _grads(model, variables, x, labels):

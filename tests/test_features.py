@@ -8,9 +8,9 @@ from flax.errors import ScopeParamNotFoundError
 
 from vggjax.arch import feature_names, get_arch
 from vggjax.errors import ArchError
-from vggjax.features import features, gram_matrix
-from vggjax.models import VGG
-from vggjax.ops import local_response_norm
+from vggjax.nn.features import features, gram_matrix
+from vggjax.nn.ops import local_response_norm
+from vggjax.nn.vgg import VGG
 
 
 @functools.cache

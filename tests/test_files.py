@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from vggjax.files import atomic_write_bytes, atomic_write_text, read_jsonl, write_jsonl
+from vggjax.run.files import atomic_write_bytes, atomic_write_text, read_jsonl, write_jsonl
 
 
 def test_atomic_write_replaces_whole_file_with_normal_mode(tmp_path):

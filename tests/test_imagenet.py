@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggjax import imagenet
 from vggjax.errors import DataError
-from vggjax.models import build_model
+from vggjax.nn.vgg import build_model
+from vggjax.tasks import imagenet
 
 
 def test_load_image_resizes_short_side_then_centre_crops(tmp_path):

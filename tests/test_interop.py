@@ -14,9 +14,9 @@ from torch_vgg import make_torch_vgg
 
 from vggjax.arch import get_arch, layers
 from vggjax.errors import CheckpointError
-from vggjax.features import features
-from vggjax.interop import fc6_from_torch, from_torchvision, to_torchvision
-from vggjax.torchfile import read_state_dict
+from vggjax.interop.torchfile import read_state_dict
+from vggjax.interop.torchvision import fc6_from_torch, from_torchvision, to_torchvision
+from vggjax.nn.features import features
 
 TOL = 1e-4  # max abs difference allowed between PyTorch and vggjax
 

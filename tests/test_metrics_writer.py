@@ -1,8 +1,8 @@
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from vggjax.files import read_jsonl
-from vggjax.metrics_writer import MetricsWriter
+from vggjax.run.files import read_jsonl
+from vggjax.run.metrics import MetricsWriter
 
 
 def _scalars(folder):

@@ -5,7 +5,7 @@ import pytest
 
 from vggjax.arch import get_arch
 from vggjax.errors import ArchError
-from vggjax.models import VGG, adaptive_avg_pool, build_model
+from vggjax.nn.vgg import VGG, adaptive_avg_pool, build_model
 
 
 def shapes(model, size, channels=1):

@@ -19,11 +19,12 @@ import jax
 import numpy as np
 import pytest
 
-from vggjax import checkpoint, parallel
 from vggjax.cli import main
 from vggjax.config import TrainConfig
 from vggjax.errors import ConfigError
-from vggjax.train import train_and_evaluate
+from vggjax.run import checkpoint
+from vggjax.training import parallel
+from vggjax.training.train import train_and_evaluate
 
 # The README's commands use exactly these flags.
 ARGS = [

@@ -7,8 +7,8 @@ from PIL import Image
 from vggjax import data
 from vggjax.cli import main
 from vggjax.errors import ConfigError, DataError
-from vggjax.predict import border_is_light, load_image, predict_files, to_grey
-from vggjax.runs import load_run, predict_logits, softmax
+from vggjax.run.runs import load_run, predict_logits, softmax
+from vggjax.tasks.predict import border_is_light, load_image, predict_files, to_grey
 
 
 @pytest.fixture(scope="module")

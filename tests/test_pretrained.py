@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch_vgg import make_torch_vgg
 
-from vggjax import pretrained
 from vggjax.arch import get_arch
 from vggjax.cli import main
 from vggjax.errors import CheckpointError, ConfigError
-from vggjax.interop import HeadShape
-from vggjax.torchfile import read_state_dict
+from vggjax.interop import pretrained
+from vggjax.interop.torchfile import read_state_dict
+from vggjax.interop.torchvision import HeadShape
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import pytest
 from jax import lax
 
 from vggjax.arch import get_arch, names
+from vggjax.arch.receptive_field import receptive_fields
 from vggjax.cli import main
-from vggjax.features import features
-from vggjax.models import VGG
-from vggjax.receptive_field import receptive_fields
+from vggjax.nn.features import features
+from vggjax.nn.vgg import VGG
 
 
 def by_name(arch, **kw):

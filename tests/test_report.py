@@ -2,8 +2,8 @@ import base64
 import json
 import re
 
-from vggjax.evaluate import evaluate_run
-from vggjax.report import write_report
+from vggjax.run.report import write_report
+from vggjax.tasks.evaluate import evaluate_run
 
 
 def test_training_writes_a_report_and_eval_updates_it(tiny_run):

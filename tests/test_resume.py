@@ -12,11 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from vggjax.checkpoint import RunCheckpoints
 from vggjax.config import TrainConfig
 from vggjax.errors import Interrupted
-from vggjax.loop import TIMING_FIELDS
-from vggjax.train import train_and_evaluate
+from vggjax.run.checkpoint import RunCheckpoints
+from vggjax.training.loop import TIMING_FIELDS
+from vggjax.training.train import train_and_evaluate
 
 # BatchNorm (batch_stats), dropout (the key stream), momentum (optimizer state) and a
 # constant schedule (so one epoch then --epochs 2 is two epochs straight); 32 steps per epoch.

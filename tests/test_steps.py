@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vggjax.models import build_model
-from vggjax.steps import create_train_state, eval_step, preprocess, train_step
+from vggjax.nn.vgg import build_model
+from vggjax.training.steps import create_train_state, eval_step, preprocess, train_step
 
 
 def test_preprocess_scales_then_resizes():

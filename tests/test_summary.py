@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import pytest
 
 from vggjax.arch import get_arch
+from vggjax.arch.summary import summarize, to_json, totals
 from vggjax.cli import main
 from vggjax.errors import ArchError, ConfigError
-from vggjax.models import VGG
-from vggjax.summary import summarize, to_json, totals
+from vggjax.nn.vgg import VGG
 
 
 def test_seed_summary_vgg11_224_one_channel():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vggjax.errors import CheckpointError
-from vggjax.torchfile import read_state_dict, write_state_dict
+from vggjax.interop.torchfile import read_state_dict, write_state_dict
 
 
 def test_reads_torch_save_without_torch_views_dtypes_and_scalars(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from vggjax.config import PRESETS, TrainConfig
 from vggjax.errors import ArchError, ConfigError
-from vggjax.train import _warn_if_stuck, train_and_evaluate
+from vggjax.training.train import _warn_if_stuck, train_and_evaluate
 
 SMALL = TrainConfig(
     limit_train=2000, limit_test=500, hidden=256, dropout_rate=0.0, batch_size=32, epochs=3, lr=0.05

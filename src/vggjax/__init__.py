@@ -16,7 +16,18 @@ from vggjax.errors import (
     Interrupted,
     VggjaxError,
 )
-from vggjax.models import VGG, VGGBlock, build_model
+
+_LAZY = {"VGG": "vggjax.nn.vgg", "VGGBlock": "vggjax.nn.vgg", "build_model": "vggjax.nn.vgg"}
+
+
+def __getattr__(name: str):
+    """The flax model names, imported on first use so that ``import vggjax.arch`` never loads JAX."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vggjax' has no attribute {name!r}")
+
 
 __all__ = [
     "VGG",

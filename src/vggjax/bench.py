@@ -1,6 +1,6 @@
 """Throughput of a VGG's train step and inference, its FLOP rate and share of the device's peak.
 
-What is timed is what ``vggjax train`` runs: :func:`vggjax.steps.train_step` under
+What is timed is what ``vggjax train`` runs: :func:`vggjax.training.steps.train_step` under
 ``jax.jit`` with the state donated, SGD with momentum 0.9 and weight decay 5e-4 (the
 default config's optimizer), batches cut by :func:`vggjax.data.batches` from uint8
 images and scaled (and resized, if ``source_size`` differs) inside the step. Inference
@@ -8,7 +8,7 @@ is the jitted forward pass in eval mode on the same batches.
 
 Every figure is the median of ``repeats`` timed runs of ``steps`` calls each, after a
 first call that compiles. FLOPs come from the closed-form MAC count of
-:func:`vggjax.summary.summarize` (2 FLOPs per MAC): a forward pass costs ``2·MACs``
+:func:`vggjax.arch.summary.summarize` (2 FLOPs per MAC): a forward pass costs ``2·MACs``
 per image and a train step about ``3 × 2·MACs`` (forward, input gradient, weight
 gradient; element-wise ops, pools and the optimizer not counted). The peak is a
 measured ``jnp.dot`` of two 2048×2048 matrices in the same dtype (best of 10 runs), not
@@ -32,10 +32,10 @@ import optax
 
 from vggjax import data
 from vggjax.arch import get_arch
+from vggjax.arch.summary import summarize, totals
 from vggjax.errors import ConfigError
-from vggjax.models import VGG, resolve_impl
-from vggjax.steps import create_train_state, preprocess, train_step
-from vggjax.summary import summarize, totals
+from vggjax.nn.vgg import VGG, resolve_impl
+from vggjax.training.steps import create_train_state, preprocess, train_step
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + input gradient + weight gradient
@@ -52,7 +52,7 @@ class BenchConfig:
       channels: input channels (1 for Fashion-MNIST, 3 for ImageNet).
       batch_size: images per step.
       dtype: ``"float32"`` or ``"bfloat16"`` (compute dtype; params stay float32).
-      impl: ``"auto"``, ``"xla"`` or ``"cpu_fast"`` (see :class:`vggjax.models.VGG`).
+      impl: ``"auto"``, ``"xla"`` or ``"cpu_fast"`` (see :class:`vggjax.nn.vgg.VGG`).
       hidden: width of fc6 and fc7.
       num_classes: outputs of fc8.
       head: ``"flatten"`` or ``"adaptive"``.
@@ -95,7 +95,7 @@ class BenchConfig:
         return self
 
     def model(self) -> VGG:
-        """The :class:`~vggjax.models.VGG` measured."""
+        """The :class:`~vggjax.nn.vgg.VGG` measured."""
         return VGG(
             get_arch(self.arch, width=self.width),
             num_classes=self.num_classes,

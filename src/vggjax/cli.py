@@ -111,10 +111,10 @@ def _add_distributed_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vggjax import parallel
     from vggjax.config import TrainConfig, get_preset
-    from vggjax.run_folder import check_new_run_dir
-    from vggjax.train import describe, train_and_evaluate
+    from vggjax.run.folder import check_new_run_dir
+    from vggjax.training import parallel
+    from vggjax.training.train import describe, train_and_evaluate
 
     for name in ("out", "resume", "init_from", "data_dir"):
         # an empty value (e.g. an unset shell variable) would read as no flag at all, or as "."
@@ -125,7 +125,7 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     preset = get_preset(args.preset) if args.preset else None
     if args.init_from and not args.resume:
-        from vggjax.pretrained import inherit_model, read_run
+        from vggjax.interop.pretrained import inherit_model, read_run
 
         preset = inherit_model(preset or get_preset("default"), read_run(args.init_from)[0])
     spec = parallel.resolve_spec(
@@ -161,7 +161,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _resume_config(args: argparse.Namespace, overrides: dict, preset):
     from vggjax.config import TrainConfig
-    from vggjax.run_folder import resume_config
+    from vggjax.run.folder import resume_config
 
     if args.out and Path(args.out).absolute() != Path(args.resume).absolute():
         raise ConfigError(f"--out {args.out} and --resume {args.resume} differ; drop --out to resume")
@@ -198,7 +198,7 @@ def _summary_parser(sub) -> None:
 
 def _summary(args: argparse.Namespace) -> int:
     from vggjax.arch import get_arch
-    from vggjax.summary import format_table, summarize, to_json
+    from vggjax.arch.summary import format_table, summarize, to_json
 
     rows = summarize(
         get_arch(args.arch, width=args.width),
@@ -233,7 +233,7 @@ def _eval_parser(sub) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from vggjax.evaluate import evaluate_run, format_report
+    from vggjax.tasks.evaluate import evaluate_run, format_report
 
     report = evaluate_run(
         args.run_dir,
@@ -272,8 +272,8 @@ def _predict_parser(sub) -> None:
 def _predict(args: argparse.Namespace) -> int:
     import json
 
-    from vggjax.predict import format_prediction, predict_files
-    from vggjax.runs import load_run
+    from vggjax.run.runs import load_run
+    from vggjax.tasks.predict import format_prediction, predict_files
 
     run = load_run(args.run_dir, args.checkpoint)
     if run.config.dataset == "imagenet":  # converted torchvision weights: ImageNet preprocessing
@@ -307,7 +307,7 @@ def _receptive_field_parser(sub) -> None:
 
 def _receptive_field(args: argparse.Namespace) -> int:
     from vggjax.arch import get_arch
-    from vggjax.receptive_field import format_table, receptive_fields, to_json
+    from vggjax.arch.receptive_field import format_table, receptive_fields, to_json
 
     fields = receptive_fields(get_arch(args.arch, width=args.width), pointwise=args.all)
     print(to_json(fields) if args.json else format_table(fields))
@@ -338,7 +338,7 @@ def _convert_parser(sub) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from vggjax.pretrained import convert_torchvision
+    from vggjax.interop.pretrained import convert_torchvision
 
     config = convert_torchvision(
         args.weights, args.arch, args.out, width=args.width, dataset=args.dataset, overwrite=args.overwrite
@@ -363,7 +363,7 @@ def _export_parser(sub) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from vggjax.pretrained import export_torchvision
+    from vggjax.interop.pretrained import export_torchvision
 
     state = export_torchvision(args.run_dir, args.out)
     print(f"wrote {len(state)} tensors to {args.out}")
@@ -385,8 +385,8 @@ def _predict_imagenet_parser(sub) -> None:
 
 
 def _predict_imagenet(args: argparse.Namespace) -> int:
-    from vggjax import imagenet
-    from vggjax.runs import load_run
+    from vggjax.run.runs import load_run
+    from vggjax.tasks import imagenet
 
     run = load_run(args.run_dir)
     imagenet.check_run(run.config, args.run_dir)
@@ -395,7 +395,7 @@ def _predict_imagenet(args: argparse.Namespace) -> int:
 
 def _print_imagenet(run, images: Sequence[str], *, top: int, labels: str | None, flag: str) -> int:
     """Top classes of each image under a converted torchvision run, one indented line each."""
-    from vggjax import imagenet
+    from vggjax.tasks import imagenet
 
     if top < 1:  # was silently raised to 1
         raise ConfigError(f"{flag} must be a positive integer, got {top}")
@@ -493,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()  # before JAX allocates its first buffer
     # orbax logs through absl; what a user needs comes back to us as one error line
     logging.getLogger("absl").setLevel(logging.CRITICAL)
-    # SIGTERM stops like Ctrl-C; while training, the loop saves a checkpoint first (vggjax.loop)
+    # SIGTERM stops like Ctrl-C; while training, the loop saves a checkpoint first (vggjax.training.loop)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:

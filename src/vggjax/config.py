@@ -14,7 +14,7 @@ from typing import Any
 
 from vggjax.arch import Arch, get_arch
 from vggjax.errors import ConfigError
-from vggjax.models import HEADS, IMPLS, INITS
+from vggjax.nn.vgg import HEADS, IMPLS, INITS
 
 SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")

@@ -30,7 +30,7 @@ import safetensors
 import safetensors.numpy
 
 from vggjax.errors import CheckpointError
-from vggjax.files import atomic_write_bytes
+from vggjax.run.files import atomic_write_bytes
 
 # torch.<Name>Storage → element dtype, as torch/storage.py's typed storages.
 STORAGE_DTYPES: dict[str, np.dtype] = {
@@ -203,7 +203,7 @@ def write_state_dict(path: str | Path, state: Mapping[str, np.ndarray]) -> None:
       path: ``.safetensors`` (no torch needed; load it in PyTorch with
         ``safetensors.torch.load_file``) or any other name for a ``torch.save`` file
         (needs torch).
-      state: ``{key: array}``, e.g. from :func:`vggjax.interop.to_torchvision`.
+      state: ``{key: array}``, e.g. from :func:`vggjax.interop.torchvision.to_torchvision`.
 
     Raises:
       CheckpointError: if a ``torch.save`` file is asked for and torch is not installed.

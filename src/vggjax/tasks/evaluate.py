@@ -1,7 +1,7 @@
 """``vggjax eval``: a trained run's loss, accuracy, per-class scores and confusion matrix.
 
 :func:`classification_report` is pure numpy on logits and labels; :func:`evaluate_run`
-loads a run (:func:`vggjax.runs.load_run`), scores it on the Fashion-MNIST test split and
+loads a run (:func:`vggjax.run.runs.load_run`), scores it on the Fashion-MNIST test split and
 writes, beside the run's other files::
 
     run_dir/eval.json       the numbers (what ``--json`` prints)
@@ -20,10 +20,10 @@ import numpy as np
 
 from vggjax import data
 from vggjax.errors import ConfigError
-from vggjax.files import atomic_write_text
-from vggjax.plots import plot_confusion, plot_mistakes
-from vggjax.report import write_report
-from vggjax.runs import load_run, predict_logits, softmax
+from vggjax.run.files import atomic_write_text
+from vggjax.run.plots import plot_confusion, plot_mistakes
+from vggjax.run.report import write_report
+from vggjax.run.runs import load_run, predict_logits, softmax
 
 
 def classification_report(

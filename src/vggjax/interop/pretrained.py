@@ -19,11 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vggjax import checkpoint, interop, run_folder, torchfile
 from vggjax.arch import get_arch
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
-from vggjax.files import atomic_write_text
+from vggjax.interop import torchfile
+from vggjax.interop import torchvision as interop
+from vggjax.run import checkpoint
+from vggjax.run import folder as run_folder
+from vggjax.run.files import atomic_write_text
 
 # Fields that define the network (and so must match the weights); the rest is training.
 MODEL_FIELDS = ("arch", "width", "head", "hidden")
@@ -33,7 +36,7 @@ REPLACEABLE = ("fc8",)  # re-initialised when the class count differs
 def read_run(run_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
     """Reads a run folder written by ``vggjax train`` or ``vggjax convert-torchvision``, as saved.
 
-    Unlike :func:`vggjax.runs.load_run` no model is rebuilt to check the weights against:
+    Unlike :func:`vggjax.run.runs.load_run` no model is rebuilt to check the weights against:
     fine-tuning builds a different one (new fc8, other channels) and checks in :func:`transfer`.
 
     Returns:
@@ -104,7 +107,7 @@ def convert_torchvision(
 
     Raises:
       CheckpointError: for an unreadable file or one that does not hold ``arch``
-        (see :func:`vggjax.interop.from_torchvision`), or a file without a classifier.
+        (see :func:`vggjax.interop.torchvision.from_torchvision`), or a file without a classifier.
       ConfigError: if ``run_dir`` is not empty and ``overwrite`` is False, or for an
         unknown ``dataset``.
     """
@@ -112,7 +115,7 @@ def convert_torchvision(
     variables, head = interop.from_torchvision(torchfile.read_state_dict(path), spec, log=log)
     if head.head is None:
         raise CheckpointError(
-            f"{path} has no classifier.* weights; convert it with vggjax.interop.from_torchvision"
+            f"{path} has no classifier.* weights; convert it with vggjax.interop.torchvision.from_torchvision"
         )
     config = TrainConfig(
         arch=arch,

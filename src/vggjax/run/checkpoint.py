@@ -5,7 +5,7 @@ A run's checkpoints live in ``<run>/checkpoints/<step>/``, written by an orbax
 
 ``state``
     ``{"params", "batch_stats", "opt_state", "step", "rng"}``: the whole
-    :class:`~vggjax.steps.TrainState` and the dropout key's data (``uint32[2]``).
+    :class:`~vggjax.training.steps.TrainState` and the dropout key's data (``uint32[2]``).
 ``meta``
     JSON: the model it fits (``model``), the data-order :class:`Position`, the
     per-step metrics of the epoch in progress (``partial``) and every finished
@@ -16,7 +16,7 @@ complete, so a process killed during a save leaves the previous checkpoint as th
 newest one; leftover temporary folders are removed when the run is opened again.
 The last ``keep`` checkpoints are kept, plus the one with the best validation accuracy.
 
-The final weights alone (``<run>/weights``) are written by :mod:`vggjax.weights`.
+The final weights alone (``<run>/weights``) are written by :mod:`vggjax.run.weights`.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from orbax.checkpoint import checkpoint_managers
 
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError
-from vggjax.steps import TrainState
-from vggjax.weights import draining_event_loops, load_variables, save_variables  # noqa: F401
+from vggjax.run.weights import draining_event_loops, load_variables, save_variables  # noqa: F401
+from vggjax.training.steps import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +168,7 @@ class RunCheckpoints:
           state: the train state to save.
           rng: the run's base dropout key.
           position: the next batch to train.
-          model: what the params fit (``vggjax.train.model_signature``), checked on restore.
+          model: what the params fit (``vggjax.training.train.model_signature``), checked on restore.
           partial: per-step metrics of the epoch in progress (host or device scalars).
           records: the ``metrics.jsonl`` records of the finished epochs.
           val_acc: the validation accuracy of an end-of-epoch checkpoint (used to keep the best).
@@ -217,7 +217,7 @@ class RunCheckpoints:
         Args:
           target: a freshly initialised state of the run's model and optimizer.
           rng: a key of the run's PRNG implementation (its value is not used).
-          model: what ``target`` is (``vggjax.train.model_signature``); must match the checkpoint.
+          model: what ``target`` is (``vggjax.training.train.model_signature``); must match the checkpoint.
           step: which checkpoint; the newest if None.
           sharding: where orbax puts every restored array, e.g. ``parallel.replicated(mesh)``
             as training's ``init`` puts the state; a mesh over several processes makes the

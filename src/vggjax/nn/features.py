@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from vggjax.arch import feature_names
 from vggjax.errors import ArchError
-from vggjax.models import VGG
+from vggjax.nn.vgg import VGG
 
 __all__ = ["feature_names", "features", "gram_matrix"]
 

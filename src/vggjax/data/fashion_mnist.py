@@ -1,4 +1,4 @@
-"""Fashion-MNIST: find, download, read and batch the official IDX files (numpy only).
+"""Fashion-MNIST: find, download, verify and load the four official IDX files.
 
 Each file may be gzipped or raw, named with or without ``.gz`` (gzip is recognised by
 content). Bad data raises :class:`~vggjax.errors.DataError`, one line naming the file.
@@ -6,24 +6,21 @@ content). Bad data raises :class:`~vggjax.errors.DataError`, one line naming the
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import hashlib
 import http.client
-import math
 import os
 import tempfile
 import urllib.error
 import urllib.request
-import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
 
-from vggjax.errors import ConfigError, DataError
+from vggjax.data.idx import read_idx, read_idx_counted
+from vggjax.errors import DataError
 
 CLASS_NAMES: tuple[str, ...] = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -54,7 +51,6 @@ HOW_TO_GET = (
     f"{', '.join(_ALL_FILES)} from {URL} into a directory and pass --data-dir DIR "
     f"or set {ENV_VAR}=DIR"
 )
-GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of a gzip file, whatever its name
 _REPLACE = f"replace it with the official file from {URL}"
 _PUT_FILES = f"put {', '.join(_ALL_FILES)} there (gzipped or not), or choose another directory"
 
@@ -64,119 +60,6 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
     return base / "vggjax" / "fashion-mnist"
-
-
-def read_idx(path: str | os.PathLike, *, limit: int | None = None) -> np.ndarray:
-    """Read an IDX file of unsigned bytes, gzipped or raw (gzip recognised by content).
-
-    Args:
-        path: the file to read; its name does not matter.
-        limit: read only the first ``limit`` entries along the first dimension (all of
-            them if None or more than the file holds). Only the header and those entries
-            are read (and decompressed), but the header is checked as in a full read and
-            so is the payload's length: a raw file's from its size, a gzip file's from
-            the length its trailer records. A file whose length does not match is read in
-            full, so that the error is exactly that of a full read.
-
-    Returns:
-        ``uint8[d0, ..., dk]``, the 1 to 4 dimensions declared in the header
-        (``d0`` at most ``limit``).
-
-    Raises:
-        DataError: unreadable file, not IDX, not uint8, or gzip stream or payload
-            truncated or too long; a negative ``limit``.
-    """
-    if limit is not None and limit < 0:
-        raise DataError(f"limit must be at least 0, got {limit}; pass a non-negative limit or none")
-    return _read_idx(Path(path), limit)[0]
-
-
-def _read_idx(path: Path, limit: int | None) -> tuple[np.ndarray, int]:
-    """:func:`read_idx`, and the number of entries the header declares (``d0``)."""
-    if limit is not None:
-        head = _read_head(path, limit)
-        if head is not None:
-            return head
-    array = _parse_idx(_read_all(path), path)
-    return (array if limit is None else array[:limit]), len(array)
-
-
-def _read_all(path: Path) -> bytes:
-    """The whole (decompressed) content of ``path``."""
-    gzipped = False
-    try:
-        with open(path, "rb") as f:
-            gzipped = f.read(2) == GZIP_MAGIC
-        with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
-            return f.read()
-    except (EOFError, zlib.error, OSError) as e:
-        if not gzipped:
-            raise DataError(f"cannot read {path} ({e}); check the path and permissions") from None
-        raise DataError(f"{path}: truncated or corrupt gzip stream ({e}); {_REPLACE}") from None
-
-
-def _read_head(path: Path, limit: int) -> tuple[np.ndarray, int] | None:
-    """The first ``limit`` entries of a sound IDX file, reading no further than them.
-
-    None if reading them all is needed anyway, or if anything looks wrong (unreadable,
-    bad header, a length that does not match the header): the full read then gives
-    the data or the error.
-    """
-    try:
-        with open(path, "rb") as f:
-            gzipped = f.read(2) == GZIP_MAGIC
-            size = f.seek(0, os.SEEK_END)
-            if gzipped:
-                if size < 18:  # a gzip member's header and trailer alone take 18 bytes
-                    return None
-                f.seek(-4, os.SEEK_END)
-                isize = int.from_bytes(f.read(4), "little")  # content length mod 2**32
-            f.seek(0)
-            with gzip.GzipFile(fileobj=f, mode="rb") if gzipped else contextlib.nullcontext(f) as stream:
-                head = stream.read(4)
-                if len(head) == 4 and 1 <= head[3] <= 4:
-                    head += stream.read(4 * head[3])
-                dims, start = _parse_header(head, path)
-                length = start + math.prod(dims)
-                if (isize != length % 2**32) if gzipped else (size != length):
-                    return None
-                if limit >= dims[0]:
-                    return None
-                shape = (limit, *dims[1:])
-                payload = stream.read(math.prod(shape))
-            if len(payload) != math.prod(shape):
-                return None
-    except (DataError, EOFError, zlib.error, OSError):
-        return None
-    return np.frombuffer(payload, dtype=np.uint8).reshape(shape).copy(), dims[0]
-
-
-def _parse_header(raw: bytes, path: Path) -> tuple[tuple[int, ...], int]:
-    """The dimensions an IDX header declares, and where its payload starts in ``raw``."""
-    if len(raw) < 4 or raw[:2] != b"\0\0":
-        raise DataError(f"{path}: not an IDX file (starts with {raw[:4]!r}); {_REPLACE}")
-    code, ndim = raw[2], raw[3]
-    if code != 0x08:
-        raise DataError(f"{path}: IDX data type 0x{code:02x} is not uint8 (0x08); {_REPLACE}")
-    if not 1 <= ndim <= 4:
-        raise DataError(f"{path}: IDX header declares {ndim} dimensions, not 1 to 4; {_REPLACE}")
-    start = 4 + 4 * ndim
-    if len(raw) < start:
-        raise DataError(f"{path}: IDX header truncated at {len(raw)} bytes; {_REPLACE}")
-    return tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)), start
-
-
-def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
-    """Check an IDX header against the payload and return the payload as an array."""
-    dims, start = _parse_header(raw, path)
-    expected, got = math.prod(dims), len(raw) - start
-    if got != expected:
-        raise DataError(
-            f"{path}: {'truncated' if got < expected else 'too long'}: header declares shape "
-            f"{dims} = {expected} data bytes but the file holds {got}; {_REPLACE}"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims).copy()
-
 
 def _locate(directory: Path, name: str) -> Path | None:
     """``directory/name`` (``.gz``) or its raw twin without ``.gz``, whichever exists."""
@@ -334,7 +217,7 @@ def load_split(
     image_path, label_path = (_locate(directory, n) or directory / n for n in FILES[split])
     # Only the images used are read (47 MB for all of train); the labels (60 kB) are read
     # in full, so every label is checked to be a class, as without a limit.
-    images, num_images = _read_idx(image_path, limit)
+    images, num_images = read_idx_counted(image_path, limit)
     labels = read_idx(label_path)
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         shape = (num_images, *images.shape[1:])
@@ -382,73 +265,3 @@ def load_fashion_mnist(
     directory = _resolve_dir(data_dir, download, progress)
     train = load_split("train", directory, limit=limit_train)
     return train, load_split("test", directory, limit=limit_test)
-
-
-def num_batches(n: int, batch_size: int, *, drop_remainder: bool) -> int:
-    """Number of batches :func:`batches` yields for ``n`` examples.
-
-    Raises:
-        ConfigError: ``batch_size`` is not positive.
-    """
-    if batch_size <= 0:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}; pass a positive one")
-    return n // batch_size if drop_remainder else -(-n // batch_size)
-
-
-def batches(
-    ds: Mapping[str, np.ndarray],
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int = 0,
-    epoch: int = 0,
-    drop_remainder: bool = False,
-    pad: bool = False,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Cut a dataset into batches; with ``shuffle``, permute the examples first.
-
-    The permutation comes from ``np.random.default_rng((seed, epoch))`` and is applied to
-    the examples before batches are cut, so batch membership changes every epoch.
-
-    Args:
-        ds: arrays with a common leading length N, e.g. ``image: uint8[N, 28, 28, 1]``.
-        batch_size: examples per batch, B.
-        shuffle: permute the examples before batching.
-        seed: shuffle seed.
-        epoch: epoch number, mixed into the shuffle seed.
-        drop_remainder: drop a last partial batch (training).
-        pad: pad a last partial batch to B by repeating example 0, and add
-            ``"mask": bool[B]`` (True for real examples) to every batch (evaluation).
-
-    Returns:
-        An iterator of dicts with the keys of ``ds`` (and ``"mask"``), arrays ``[B, ...]``.
-
-    Raises:
-        ConfigError: ``batch_size`` not positive, or both ``drop_remainder`` and ``pad``.
-        DataError: the arrays of ``ds`` differ in length.
-    """
-    num_batches(0, batch_size, drop_remainder=drop_remainder)  # checks batch_size
-    if drop_remainder and pad:
-        raise ConfigError("drop_remainder and pad contradict each other; choose one")
-    lengths = {key: len(value) for key, value in ds.items()}
-    if len(set(lengths.values())) > 1:
-        raise DataError(f"dataset arrays differ in length: {lengths}; they must all be equal")
-    n = next(iter(lengths.values()), 0)
-    order = np.random.default_rng((seed, epoch)).permutation(n) if shuffle else np.arange(n)
-    return _cut(ds, order, batch_size, drop_remainder, pad)
-
-
-def _cut(
-    ds: Mapping[str, np.ndarray], order: np.ndarray, size: int, drop: bool, pad: bool
-) -> Iterator[dict[str, np.ndarray]]:
-    for start in range(0, len(order), size):
-        index = order[start : start + size]
-        real = len(index)
-        if real < size and drop:
-            return
-        if real < size and pad:
-            index = np.concatenate([index, np.zeros(size - real, dtype=index.dtype)])
-        batch = {key: value[index] for key, value in ds.items()}
-        if pad:
-            batch["mask"] = np.arange(size) < real
-        yield batch

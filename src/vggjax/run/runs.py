@@ -14,12 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vggjax import checkpoint, data
+from vggjax import data
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError
-from vggjax.models import VGG
-from vggjax.steps import preprocess
-from vggjax.train import make_model
+from vggjax.nn.vgg import VGG
+from vggjax.run import checkpoint
+from vggjax.training.steps import preprocess
+from vggjax.training.train import make_model
 
 
 class LoadedRun(NamedTuple):
@@ -27,7 +28,7 @@ class LoadedRun(NamedTuple):
 
     Attributes:
       config: the run's ``config.json``.
-      model: the :class:`~vggjax.models.VGG` rebuilt from it (``config.num_classes`` classes).
+      model: the :class:`~vggjax.nn.vgg.VGG` rebuilt from it (``config.num_classes`` classes).
       variables: ``{"params": ..., "batch_stats": ...}`` restored from the weights
         (``batch_stats`` only with BatchNorm).
       weights: the weights folder they came from.
@@ -100,7 +101,7 @@ def _logits(model: VGG, variables: dict, images: jax.Array, image_size: int) -> 
 def predict_logits(run: LoadedRun, images: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
     """Logits of the run's model for host images, through the training preprocess.
 
-    Images go through :func:`vggjax.steps.preprocess` (scale to [0, 1], bilinear resize to
+    Images go through :func:`vggjax.training.steps.preprocess` (scale to [0, 1], bilinear resize to
     ``config.image_size``) exactly as in ``train_step``; batches are padded to
     ``batch_size`` so one compiled shape serves every batch.
 

@@ -21,7 +21,7 @@ from flax import linen as nn
 
 from vggjax.arch import Arch, feature_names, get_arch
 from vggjax.errors import ArchError
-from vggjax.ops import adaptive_avg_pool, local_response_norm, max_pool_2x2
+from vggjax.nn.ops import adaptive_avg_pool, local_response_norm, max_pool_2x2
 
 HEADS = ("flatten", "adaptive", None)
 INITS = ("he", "torchvision", "lecun")
@@ -46,14 +46,14 @@ def layer_ops(impl: str) -> dict[str, Any]:
 
     ``"xla"`` is the reference: Flax's defaults (``lax.conv_general_dilated``,
     ``lax.dot_general``, ``nn.max_pool``). ``"cpu_fast"`` swaps in
-    :mod:`vggjax.fastops`: same numbers and gradients, faster on XLA:CPU.
+    :mod:`vggjax.nn.fastops`: same numbers and gradients, faster on XLA:CPU.
 
     Raises:
       ArchError: for an unknown implementation.
     """
     if resolve_impl(impl) == "xla":
         return {"conv": {}, "dense": {}, "pool": max_pool_2x2}
-    from vggjax import fastops
+    from vggjax.nn import fastops
 
     return {
         "conv": {"conv_general_dilated": fastops.conv_general_dilated},
@@ -197,7 +197,7 @@ class VGG(nn.Module):
       dtype: computation dtype; params are float32 whatever it is.
       impl: how convs, dense layers and pools are computed, with identical parameters
         and (to float rounding) identical outputs and gradients: ``"xla"``, Flax's
-        own ops, the reference; ``"cpu_fast"``, :mod:`vggjax.fastops`, matmul-shaped
+        own ops, the reference; ``"cpu_fast"``, :mod:`vggjax.nn.fastops`, matmul-shaped
         ops with hand-written gradients, faster on XLA:CPU (README, "Speed"); ``"auto"``
         (default), ``"cpu_fast"`` on a CPU backend and ``"xla"`` on GPU/TPU.
 

@@ -25,7 +25,7 @@ from PIL import Image
 
 from vggjax.config import TrainConfig
 from vggjax.errors import DataError
-from vggjax.models import VGG
+from vggjax.nn.vgg import VGG
 
 MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet RGB mean, for pixels in [0, 1]
 STD = (0.229, 0.224, 0.225)  # torchvision's ImageNet RGB std
@@ -77,7 +77,7 @@ def normalize(images: jax.Array | np.ndarray) -> jax.Array:
     if images.dtype != np.uint8:
         raise DataError(
             f"ImageNet normalisation takes uint8 RGB pixels (0..255), got {images.dtype}; "
-            "pass the raw pixels, e.g. from vggjax.imagenet.load_image, not scaled floats"
+            "pass the raw pixels, e.g. from vggjax.tasks.imagenet.load_image, not scaled floats"
         )
     if images.shape[-1] != 3:
         raise DataError(f"ImageNet normalisation takes 3 RGB channels, got shape {tuple(images.shape)}")
@@ -150,7 +150,7 @@ def predict_files(
     Returns:
       One entry per path, in order: ``(indices int32[top], probabilities float32[top])``,
       or the :class:`DataError` of a file that is not a readable image (the other files
-      are still predicted, as by :func:`vggjax.predict.predict_files`).
+      are still predicted, as by :func:`vggjax.tasks.predict.predict_files`).
     """
     loaded: list[np.ndarray | DataError] = []
     for path in paths:

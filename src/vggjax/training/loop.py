@@ -1,6 +1,6 @@
 """The epoch loop: train steps, evaluation, metrics, checkpoints, NaN guard, stop signals.
 
-:meth:`Trainer.fit` runs from a :class:`~vggjax.checkpoint.Position` to the last epoch.
+:meth:`Trainer.fit` runs from a :class:`~vggjax.run.checkpoint.Position` to the last epoch.
 Its two points where other features hook in:
 
 * :meth:`Trainer.train_epoch` — one pass over the shuffled training set, each batch
@@ -35,14 +35,15 @@ import numpy as np
 from jax.sharding import NamedSharding
 from tqdm.auto import tqdm
 
-from vggjax import data, parallel
-from vggjax.checkpoint import Position, RunCheckpoints
+from vggjax import data
 from vggjax.config import TrainConfig
 from vggjax.errors import DivergedError, Interrupted
-from vggjax.files import write_jsonl
-from vggjax.metrics_writer import LOG_EVERY, MetricsWriter
-from vggjax.plots import plot_curves
-from vggjax.steps import TrainState
+from vggjax.run.checkpoint import Position, RunCheckpoints
+from vggjax.run.files import write_jsonl
+from vggjax.run.metrics import LOG_EVERY, MetricsWriter
+from vggjax.run.plots import plot_curves
+from vggjax.training import parallel
+from vggjax.training.steps import TrainState
 
 SYNC_EVERY = LOG_EVERY  # steps between host syncs (progress, TensorBoard, NaN/Inf check)
 STUCK_TOLERANCE = 0.02  # a first-epoch loss within this of ln(classes) means no learning

@@ -29,7 +29,7 @@ import numpy as np
 
 from vggjax.arch import ALIASES, Arch, get_arch, layers
 from vggjax.errors import ArchError, CheckpointError
-from vggjax.models import VGG
+from vggjax.nn.vgg import VGG
 
 ADAPTIVE_SIDE = 7  # torchvision's AdaptiveAvgPool2d((7, 7)) before classifier.0
 FC_INDICES = {"fc6": 0, "fc7": 3, "fc8": 6}
@@ -60,7 +60,7 @@ class HeadShape:
         return "adaptive" if self.side == ADAPTIVE_SIDE else "flatten"
 
     def model(self, arch: Arch) -> VGG:
-        """The :class:`~vggjax.models.VGG` whose variables match such a state_dict."""
+        """The :class:`~vggjax.nn.vgg.VGG` whose variables match such a state_dict."""
         return VGG(
             arch,
             num_classes=self.num_classes or 1,
@@ -159,14 +159,14 @@ def from_torchvision(
     """Converts a torchvision VGG state_dict into vggjax variables.
 
     Args:
-      state: ``{key: array}``, e.g. from :func:`vggjax.torchfile.read_state_dict`;
+      state: ``{key: array}``, e.g. from :func:`vggjax.interop.torchfile.read_state_dict`;
         conv weights ``float32[O, I, kh, kw]``, linear ``float32[O, I]``.
       arch: the arch the file holds: a name (``vgg16``, ``vgg11_bn``), literal or Arch.
       log: where notes (a stripped ``module.`` prefix) go.
 
     Returns:
       ``({"params": ..., "batch_stats": ...}, head)``; ``head.model(arch)`` is the
-      matching :class:`~vggjax.models.VGG` (head ``"adaptive"`` for torchvision files).
+      matching :class:`~vggjax.nn.vgg.VGG` (head ``"adaptive"`` for torchvision files).
 
     Raises:
       CheckpointError: for plain weights given for a BatchNorm arch or the reverse

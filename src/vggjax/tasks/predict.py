@@ -31,7 +31,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vggjax import data
 from vggjax.errors import ConfigError, DataError
-from vggjax.runs import LoadedRun, predict_logits, softmax
+from vggjax.run.runs import LoadedRun, predict_logits, softmax
 
 INVERT_CHOICES = ("auto", "yes", "no")
 
@@ -129,7 +129,7 @@ def predict_files(
     """Top-``k`` classes for each file; a file that cannot be read gets an error entry.
 
     Args:
-      run: a loaded run (:func:`vggjax.runs.load_run`).
+      run: a loaded run (:func:`vggjax.run.runs.load_run`).
       paths: image files.
       top_k: classes to report per file, most probable first.
       invert: see :func:`load_image`.

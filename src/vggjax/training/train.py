@@ -1,6 +1,6 @@
 """``train_and_evaluate(config, run_dir)``: the one function that wires a run together.
 
-config → data → model → jitted steps → :class:`~vggjax.loop.Trainer` → metrics,
+config → data → model → jitted steps → :class:`~vggjax.training.loop.Trainer` → metrics,
 curves, checkpoints and weights in ``run_dir``::
 
     run_dir/config.json     the TrainConfig
@@ -11,7 +11,7 @@ curves, checkpoints and weights in ``run_dir``::
     run_dir/events.out.tfevents.*   TensorBoard scalars (see ``metrics_writer``)
     run_dir/report.html     config, metrics and pictures in one page (see ``report``)
 
-Training is data-parallel over every device (``vggjax.parallel``): each global batch is
+Training is data-parallel over every device (``vggjax.training.parallel``): each global batch is
 split over a ``"data"`` mesh axis and the state is replicated. In a multi-process run
 every process calls this function; only process 0 logs and writes files, and all of
 them save checkpoints and the weights together.
@@ -29,23 +29,27 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vggjax import data, parallel, pretrained, run_folder, weights
-from vggjax.checkpoint import Position, RunCheckpoints
+from vggjax import data
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
-from vggjax.files import atomic_write_text, write_jsonl
-from vggjax.loop import Trainer, evaluate, warn_if_stuck
-from vggjax.metrics_writer import MetricsWriter
-from vggjax.models import VGG
-from vggjax.report import write_report
-from vggjax.steps import TrainState, create_train_state, eval_step, train_step
+from vggjax.interop import pretrained
+from vggjax.nn.vgg import VGG
+from vggjax.run import folder as run_folder
+from vggjax.run import weights
+from vggjax.run.checkpoint import Position, RunCheckpoints
+from vggjax.run.files import atomic_write_text, write_jsonl
+from vggjax.run.metrics import MetricsWriter
+from vggjax.run.report import write_report
+from vggjax.training import parallel
+from vggjax.training.loop import Trainer, evaluate, warn_if_stuck
+from vggjax.training.steps import TrainState, create_train_state, eval_step, train_step
 
 __all__ = ["describe", "evaluate", "make_model", "make_optimizer", "make_schedule", "train_and_evaluate"]
 _warn_if_stuck = warn_if_stuck  # its earlier name
 
 
 def make_model(config: TrainConfig, num_classes: int | None = None) -> VGG:
-    """The :class:`~vggjax.models.VGG` a config describes (``num_classes`` overrides the config's)."""
+    """The :class:`~vggjax.nn.vgg.VGG` a config describes (``num_classes`` overrides the config's)."""
     return VGG(
         config.resolved_arch(),
         num_classes=num_classes or config.num_classes,
@@ -111,7 +115,7 @@ def train_and_evaluate(
 
     Args:
       config: the run's settings; validated first. When resuming, the run's saved
-        config (see :func:`vggjax.run_folder.resume_config`).
+        config (see :func:`vggjax.run.folder.resume_config`).
       run_dir: the run folder.
       resume: continue the run in ``run_dir`` from its newest checkpoint.
       overwrite: replace an earlier run in ``run_dir`` (only its own files are removed).

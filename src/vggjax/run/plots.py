@@ -12,7 +12,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from vggjax.files import atomic_write_bytes  # noqa: E402
+from vggjax.run.files import atomic_write_bytes  # noqa: E402
 
 
 def plot_curves(records: Sequence[dict], path: str | Path) -> None:

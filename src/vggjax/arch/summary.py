@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from vggjax.arch import Arch, layers
+from vggjax.arch.spec import Arch, layers
 from vggjax.errors import ArchError, ConfigError
 
 ADAPTIVE_SIZE = 7

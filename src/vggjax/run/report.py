@@ -13,7 +13,7 @@ import json
 from html import escape
 from pathlib import Path
 
-from vggjax.files import atomic_write_text, read_jsonl
+from vggjax.run.files import atomic_write_text, read_jsonl
 
 PICTURES = (
     ("curves.png", "Training curves"),

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from vggjax.arch import Arch, layers
+from vggjax.arch.spec import Arch, layers
 
 
 @dataclasses.dataclass(frozen=True)

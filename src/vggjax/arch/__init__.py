@@ -1,0 +1,41 @@
+"""VGG architectures as data, and what follows from the arch alone (pure Python, no JAX).
+
+:mod:`~vggjax.arch.spec` holds the blocks, names, paper configurations and layer list;
+:mod:`~vggjax.arch.summary` the per-layer shapes, parameters and MACs;
+:mod:`~vggjax.arch.receptive_field` the receptive fields. Importing any of them never
+loads JAX, so ``vggjax summary`` and ``vggjax receptive-field`` start at once.
+"""
+
+from vggjax.arch.spec import (
+    ALIASES,
+    D2L_THIN,
+    HEAD_LAYERS,
+    PAPER_CONFIGS,
+    Arch,
+    Block,
+    Layer,
+    blocks_from_tuple,
+    feature_names,
+    get_arch,
+    is_layer_name,
+    layers,
+    names,
+    scale_width,
+)
+
+__all__ = [
+    "ALIASES",
+    "D2L_THIN",
+    "HEAD_LAYERS",
+    "PAPER_CONFIGS",
+    "Arch",
+    "Block",
+    "Layer",
+    "blocks_from_tuple",
+    "feature_names",
+    "get_arch",
+    "is_layer_name",
+    "layers",
+    "names",
+    "scale_width",
+]

@@ -1,0 +1,42 @@
+"""Data: IDX files, Fashion-MNIST, batches and image files (numpy and Pillow; no JAX, no flax).
+
+``from vggjax import data`` gives the public names of :mod:`~vggjax.data.idx`,
+:mod:`~vggjax.data.fashion_mnist` and :mod:`~vggjax.data.batching`.
+"""
+
+from vggjax.data.batching import batches, num_batches
+from vggjax.data.fashion_mnist import (
+    CLASS_NAMES,
+    DEBIAN_DIR,
+    ENV_VAR,
+    FILES,
+    IMAGE_SIZE,
+    MD5,
+    NUM_CLASSES,
+    URL,
+    cache_dir,
+    download,
+    find_data_dir,
+    load_fashion_mnist,
+    load_split,
+)
+from vggjax.data.idx import read_idx
+
+__all__ = [
+    "CLASS_NAMES",
+    "DEBIAN_DIR",
+    "ENV_VAR",
+    "FILES",
+    "IMAGE_SIZE",
+    "MD5",
+    "NUM_CLASSES",
+    "URL",
+    "batches",
+    "cache_dir",
+    "download",
+    "find_data_dir",
+    "load_fashion_mnist",
+    "load_split",
+    "num_batches",
+    "read_idx",
+]

@@ -1,0 +1,1 @@
+"""The VGG network in flax.linen: blocks, model, parameter-free ops, fast CPU ops, feature taps."""
