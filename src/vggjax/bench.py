@@ -33,7 +33,7 @@ import optax
 from vggjax import data
 from vggjax.arch import get_arch
 from vggjax.arch.summary import summarize, totals
-from vggjax.errors import ConfigError
+from vggjax.errors import ConfigError, check_positive_int
 from vggjax.nn.vgg import VGG, resolve_impl
 from vggjax.training.steps import create_train_state, preprocess, train_step
 
@@ -83,11 +83,9 @@ class BenchConfig:
           ConfigError: for a non-positive count or an unknown dtype.
           ArchError: for an invalid arch, width, impl or too small an image size.
         """
-        for name in ("image_size", "channels", "batch_size", "hidden", "num_classes", "source_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")
-        if self.steps < 1 or self.repeats < 1:
-            raise ConfigError("--steps and --repeats must be positive integers")
+        for name in ("image_size", "channels", "batch_size", "hidden", "num_classes", "source_size", "steps"):
+            check_positive_int(getattr(self, name), f"--{name.replace('_', '-')}")
+        check_positive_int(self.repeats, "--repeats")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         resolve_impl(self.impl)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from vggjax.errors import ConfigError, Interrupted, VggjaxError
+from vggjax.errors import ConfigError, Interrupted, VggjaxError, check_positive_int
 from vggjax.runtime import keep_freed_memory
 
 
@@ -397,8 +397,7 @@ def _print_imagenet(run, images: Sequence[str], *, top: int, labels: str | None,
     """Top classes of each image under a converted torchvision run, one indented line each."""
     from vggjax.tasks import imagenet
 
-    if top < 1:  # was silently raised to 1
-        raise ConfigError(f"{flag} must be a positive integer, got {top}")
+    check_positive_int(top, flag)  # was silently raised to 1
     names = imagenet.read_labels(labels, run.config.num_classes) if labels else None
     results = imagenet.predict_files(run.model, run.variables, images, top=top)
     for path, result in zip(images, results, strict=True):

@@ -13,13 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from vggjax.arch import Arch, get_arch
-from vggjax.errors import ConfigError
-from vggjax.nn.vgg import HEADS, IMPLS, INITS
+from vggjax.errors import ConfigError, check_positive_int
 
+# Every choice a config or a model takes, defined once (this module imports no JAX).
+# The dense head: the d2l chapter's flatten, torchvision's 7x7 adaptive average pool; a
+# model may also be headless (head None, see nn.vgg.VGG), which no training config is.
+HEADS = ("flatten", "adaptive")
+POOLINGS = ("avg", "max")  # global pooling of a headless model
+INITS = ("he", "torchvision", "lecun")  # see nn.vgg.initializers
+# How convs, dense layers and pools are computed (same numbers): auto, Flax's own ops, or
+# the matmul-shaped ops of nn.fastops (see nn.vgg.VGG).
+IMPLS = ("auto", "xla", "cpu_fast")
+DTYPES = ("float32", "bfloat16")  # compute dtypes; params stay float32
 SCHEDULES = ("constant", "cosine")
-DTYPES = ("float32", "bfloat16")
 # What a run's images are: Fashion-MNIST (what `vggjax train` trains on, scaled to [0, 1])
-# or ImageNet (converted torchvision weights: RGB, torchvision's mean/std, see imagenet.py).
+# or ImageNet (converted torchvision weights: RGB, torchvision's mean/std).
 DATASETS = ("fashion-mnist", "imagenet")
 
 
@@ -117,13 +125,10 @@ class TrainConfig:
             "num_classes",
         )
         for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"--{flag_name(name)} must be a positive integer, got {value!r}")
+            check_positive_int(getattr(self, name), f"--{flag_name(name)}")
         for name in ("limit_train", "limit_test", "checkpoint_every"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"--{flag_name(name)} must be a positive integer, got {value!r}")
+            if getattr(self, name) is not None:
+                check_positive_int(getattr(self, name), f"--{flag_name(name)}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr!r}")
         if not 0 <= self.momentum < 1:
@@ -142,7 +147,7 @@ class TrainConfig:
             raise ConfigError(f"--seed must be an integer in [0, 2**32), got {self.seed!r}")
         choices = {
             "schedule": SCHEDULES,
-            "head": HEADS[:2],
+            "head": HEADS,
             "init_scheme": INITS,
             "dataset": DATASETS,
             "impl": IMPLS,

@@ -73,3 +73,28 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(message)
         self.signum = int(signum)
         self.exit_code = 128 + self.signum
+
+
+def check_positive_int(value: object, flag: str, error: type[VggjaxError] = ConfigError) -> int:
+    """Returns ``value`` if it is an ``int`` >= 1 (not a bool), else raises ``error`` naming ``flag``.
+
+    Args:
+      value: the value given.
+      flag: how the user gave it, e.g. ``"--batch-size"``, named in the message.
+      error: the error class to raise (:class:`ConfigError` by default).
+
+    Raises:
+      VggjaxError: ``error("<flag> must be a positive integer, got <value>")``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise error(f"{flag} must be a positive integer, got {value!r}")
+    return value
+
+
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type name.
+
+    For wrapping a library's multi-line error into one of vggjax's one-line messages.
+    """
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__

@@ -15,7 +15,7 @@ import dataclasses
 import json
 
 from vggjax.arch.spec import Arch, layers
-from vggjax.errors import ArchError, ConfigError
+from vggjax.errors import ArchError, check_positive_int
 
 ADAPTIVE_SIZE = 7
 
@@ -70,13 +70,12 @@ def summarize(
       ConfigError: if ``channels``, ``num_classes``, ``hidden`` or ``batch`` is not a positive integer.
     """
     for flag, value in (
-        ("channels", channels),
-        ("num-classes", num_classes),
-        ("hidden", hidden),
-        ("batch", batch),
+        ("--channels", channels),
+        ("--num-classes", num_classes),
+        ("--hidden", hidden),
+        ("--batch", batch),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"--{flag} must be a positive integer, got {value!r}")
+        check_positive_int(value, flag)
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     if min(h, w) < arch.min_input_size:
         raise ArchError(

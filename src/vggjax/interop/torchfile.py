@@ -29,7 +29,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from vggjax.errors import CheckpointError
+from vggjax.errors import CheckpointError, first_line
 from vggjax.run.files import atomic_write_bytes
 
 # torch.<Name>Storage → element dtype, as torch/storage.py's typed storages.
@@ -180,8 +180,7 @@ def _read_with_torch(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read {path}: {first}") from None
+        raise CheckpointError(f"cannot read {path}: {first_line(e)}") from None
     state = _unwrap(state, path)
     return {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 

@@ -20,12 +20,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vggjax.arch import Arch, feature_names, get_arch
+from vggjax.config import IMPLS, INITS
 from vggjax.errors import ArchError
 from vggjax.nn.ops import adaptive_avg_pool, local_response_norm, max_pool_2x2
-
-HEADS = ("flatten", "adaptive", None)
-INITS = ("he", "torchvision", "lecun")
-IMPLS = ("auto", "xla", "cpu_fast")
 
 
 def resolve_impl(impl: str) -> str:

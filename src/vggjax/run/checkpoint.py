@@ -33,7 +33,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from vggjax.config import TrainConfig
-from vggjax.errors import CheckpointError
+from vggjax.errors import CheckpointError, first_line
 from vggjax.run.weights import draining_event_loops, load_variables, save_variables  # noqa: F401
 from vggjax.training.steps import TrainState
 
@@ -115,7 +115,7 @@ class RunCheckpoints:
         except Exception as e:  # orbax and tensorstore raise many types
             bad = next((p for p in sorted(self.directory.glob("[0-9]*")) if not _json_readable(p)), None)
             raise CheckpointError(
-                f"checkpoint {bad or self.directory} is truncated or unreadable ({_first_line(e)}); "
+                f"checkpoint {bad or self.directory} is truncated or unreadable ({first_line(e, 160)}); "
                 "delete that folder to resume from the one before it"
             ) from None
 
@@ -291,7 +291,7 @@ class RunCheckpoints:
                 return self._manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:  # orbax and tensorstore raise many types
             raise CheckpointError(
-                f"checkpoint {where} is truncated or unreadable ({_first_line(e)}); delete that folder "
+                f"checkpoint {where} is truncated or unreadable ({first_line(e, 160)}); delete that folder "
                 "to resume from the one before it"
             ) from None
 
@@ -305,11 +305,6 @@ def _json_readable(step_dir: Path) -> bool:
         except (OSError, ValueError):
             return False
     return True
-
-
-def _first_line(e: BaseException, limit: int = 160) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:limit] if text else type(e).__name__
 
 
 # Keys added to the model signature after checkpoints had been written without them. A

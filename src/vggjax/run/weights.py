@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from vggjax.errors import CheckpointError
+from vggjax.errors import CheckpointError, first_line
 
 
 def save_variables(path: str | Path, variables: dict[str, Any]) -> None:
@@ -50,8 +50,7 @@ def load_variables(path: str | Path, target: dict[str, Any] | None = None) -> di
             abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
             return ckptr.restore(path, abstract)
     except (ValueError, KeyError, OSError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot load weights from {path}: {first}") from None
+        raise CheckpointError(f"cannot load weights from {path}: {first_line(e)}") from None
 
 
 class _DrainingEventLoop(asyncio.SelectorEventLoop):

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vggjax import data
-from vggjax.errors import ConfigError, DataError
+from vggjax.errors import ConfigError, DataError, first_line
 from vggjax.run.runs import LoadedRun, predict_logits, softmax
 
 INVERT_CHOICES = ("auto", "yes", "no")
@@ -102,9 +102,8 @@ def load_image(
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image Pillow can read; give a PNG or JPEG file") from None
     except Exception as e:  # any decoder failure (OSError, SyntaxError, struct.error ...) is a bad file
-        raise DataError(
-            f"{path}: cannot read image ({_reason(e)}); give a readable PNG or JPEG file"
-        ) from None
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+        raise DataError(f"{path}: cannot read image ({reason}); give a readable PNG or JPEG file") from None
     inverted = invert == "yes" or (invert == "auto" and border_is_light(grey))
     if inverted:
         grey = 255 - grey
@@ -114,13 +113,6 @@ def load_image(
     square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = grey
     small = Image.fromarray(square).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(small)[..., None], inverted
-
-
-def _reason(e: Exception) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def predict_files(

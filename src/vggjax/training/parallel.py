@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from vggjax.errors import ConfigError
+from vggjax.errors import ConfigError, check_positive_int, first_line
 
 AXIS = "data"
 ENV = {
@@ -113,8 +113,8 @@ def resolve_spec(
         host, _, port = coordinator.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"--coordinator must be HOST:PORT (e.g. 10.0.0.1:1234), got {coordinator!r}")
-    if num_processes is not None and num_processes < 1:
-        raise ConfigError(f"--num-processes must be a positive integer, got {num_processes}")
+    if num_processes is not None:
+        check_positive_int(num_processes, "--num-processes")
     if process_id is not None and not 0 <= process_id < (num_processes or process_id + 1):
         raise ConfigError(
             f"--process-id must be in [0, {num_processes}) for --num-processes {num_processes}, "
@@ -159,9 +159,8 @@ def initialize(spec: DistributedSpec | None) -> None:
             shutdown_timeout_seconds=spec.timeout,
         )
     except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
-            f"cannot start jax.distributed ({first}); check --coordinator, --num-processes and "
+            f"cannot start jax.distributed ({first_line(e)}); check --coordinator, --num-processes and "
             "--process-id, and that every process is started"
         ) from None
 
