@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from vggjax.arch import D2L_THIN, Arch, Block, get_arch, is_layer_name, layers, names, scale_width
@@ -76,3 +79,18 @@ def test_layers_use_vgg_names():
     assert names_[-1] == "pool5"
     assert all(is_layer_name(n) for n in names_)
     assert Arch(get_arch("vgg16").blocks).min_input_size == 32
+
+
+def test_arch_summary_receptive_field_and_their_cli_never_load_jax():
+    """``vggjax summary`` and ``vggjax receptive-field`` need no JAX, so they must not pay its start-up."""
+    code = (
+        "import sys, contextlib, io\n"
+        "import vggjax.arch, vggjax.arch.summary, vggjax.arch.receptive_field, vggjax.config\n"
+        "from vggjax.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['receptive-field', '--arch', 'vgg16']) == 0\n"
+        "    assert main(['summary', '--arch', 'vgg16', '--head', 'adaptive']) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'jaxlib')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -16,70 +16,50 @@ import signal
 import sys
 import threading
 import time
+import typing
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from vggjax.errors import ConfigError, Interrupted, VggjaxError, check_positive_int
 from vggjax.runtime import keep_freed_memory
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", help="name (vgg11, vgg16_bn, A-LRN, ...) or literal '((1,16),(1,32),...)'")
-    p.add_argument("--width", type=float, help="width multiplier on every block's channels")
+def _config_flags(p: argparse.ArgumentParser, names: Sequence[str] | None = None, **defaults: Any) -> None:
+    """Adds one ``--flag`` per :class:`~vggjax.config.TrainConfig` field, made from the field's metadata.
 
+    Args:
+      p: the (sub)parser.
+      names: the fields to add; None adds every field marked for the command line.
+      defaults: the parser's own defaults; fields without one default to None, so that only the
+        flags given override a preset.
+    """
+    from vggjax.config import TrainConfig, flag_name
 
-def _add_speed_args(p: argparse.ArgumentParser, defaults: bool = False) -> None:
-    p.add_argument(
-        "--impl",
-        choices=["auto", "xla", "cpu_fast"],
-        default="auto" if defaults else None,
-        help="auto (default): fast matmul-shaped ops on CPU, Flax's elsewhere; same numbers",
-    )
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default="float32" if defaults else None,
-        help="compute dtype (params stay float32); bfloat16 is for GPUs/TPUs",
-    )
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if not (f.name in names if names is not None else f.metadata["cli"]):
+            continue
+        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+        default = defaults.get(f.name, f.default)
+        help = f.metadata["help"] + ("" if default is None or default is False else f" (default {default})")
+        flag = f"--{flag_name(f.name)}"
+        given = {"dest": f.name, "default": defaults.get(f.name), "help": help}
+        if kind is bool:
+            p.add_argument(flag, action="store_true", **given)
+        else:
+            metavar = f.metadata["metavar"] or (None if f.metadata["choices"] else flag[2:].upper())
+            p.add_argument(flag, type=kind, choices=f.metadata["choices"], metavar=metavar, **given)
 
 
 def _train_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="train a VGG on Fashion-MNIST", description="Train a VGG on Fashion-MNIST."
     )
-    p.add_argument("--preset", help="default (2-core CPU) or d2l (the chapter's setting)")
-    _add_model_args(p)
-    p.add_argument("--image-size", type=int, help="model input side in pixels")
-    p.add_argument("--head", choices=["flatten", "adaptive"])
-    p.add_argument("--init", dest="init_scheme", choices=["he", "torchvision", "lecun"])
-    p.add_argument("--dropout", dest="dropout_rate", type=float)
-    p.add_argument("--hidden", type=int, help="width of fc6 and fc7")
-    _add_speed_args(p)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--eval-batch-size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", choices=["constant", "cosine"])
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files")
-    p.add_argument("--limit-train", type=int, metavar="N", help="use the first N training examples")
-    p.add_argument("--limit-test", type=int, metavar="N", help="use the first N test examples")
-    p.add_argument("--checkpoint-every", type=int, metavar="N", help="also checkpoint every N steps")
-    p.add_argument("--keep", type=int, metavar="K", help="keep the K newest checkpoints (and the best)")
-    p.add_argument(
-        "--init-from",
-        metavar="RUN_DIR",
-        help="start from this run's weights (e.g. from convert-torchvision); a new fc8 if the classes differ",
-    )
-    p.add_argument(
-        "--adapt-channels",
-        action="store_true",
-        default=None,
-        help="with --init-from: adapt 3-channel weights to grey images (timm's in_chans: RGB kernels summed)",
-    )
+    from vggjax.config import PRESETS
+
+    p.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (see vggjax.config.PRESETS)")
+    _config_flags(p)
     p.add_argument("--out", help="run folder (default runs/<timestamp>)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument(
@@ -184,8 +164,7 @@ def _summary_parser(sub) -> None:
         help="per-layer output shapes, parameters and MACs",
         description="Per-layer output shapes, parameters and MACs of a VGG.",
     )
-    _add_model_args(p)
-    p.set_defaults(arch="vgg11", width=1.0)
+    _config_flags(p, ("arch", "width"), arch="vgg11", width=1.0)
     p.add_argument("--input-size", type=int, default=224, help="input side in pixels")
     p.add_argument("--channels", type=int, default=1, help="input channels")
     p.add_argument("--num-classes", type=int, default=10)
@@ -298,8 +277,7 @@ def _receptive_field_parser(sub) -> None:
         description="Receptive field r, jump j and start of each conv and pool layer of a VGG, in input "
         "pixels: r_l = r_{l-1} + (k_l-1)*j_{l-1}, j_l = j_{l-1}*s_l.",
     )
-    _add_model_args(p)
-    p.set_defaults(arch="vgg11", width=1.0)
+    _config_flags(p, ("arch", "width"), arch="vgg11", width=1.0)
     p.add_argument("--all", action="store_true", help="also list the BatchNorm, ReLU and LRN layers")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_receptive_field)
@@ -420,15 +398,9 @@ def _bench_parser(sub) -> None:
         "MACs (a train step counted as 3x the forward pass), its fraction of a measured matmul "
         "peak, compile time, peak memory and the input pipeline's share of the step time.",
     )
-    _add_model_args(p)
-    p.set_defaults(arch="vgg11", width=0.25)
-    p.add_argument("--image-size", type=int, default=32, help="model input side in pixels")
-    p.add_argument("--channels", type=int, default=1, help="input channels")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--hidden", type=int, default=4096, help="width of fc6 and fc7")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--head", default="flatten", choices=["flatten", "adaptive"])
-    _add_speed_args(p, defaults=True)
+    model = {"arch": "vgg11", "width": 0.25, "image_size": 32, "channels": 1, "batch_size": 128}
+    speed = {"hidden": 4096, "num_classes": 10, "head": "flatten", "impl": "auto", "dtype": "float32"}
+    _config_flags(p, (*model, *speed), **model, **speed)
     p.add_argument("--source-size", type=int, default=28, help="side of the uint8 images fed to the step")
     p.add_argument("--steps", type=int, default=3, help="steps per timed run")
     p.add_argument("--repeats", type=int, default=5, help="timed runs (the median is reported)")

@@ -31,76 +31,101 @@ SCHEDULES = ("constant", "cosine")
 DATASETS = ("fashion-mnist", "imagenet")
 
 
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: tuple | None = None,
+    metavar: str | None = None,
+    positive: bool = False,
+    cli: bool = True,
+) -> Any:
+    """A config field with the metadata its command-line flag and its documentation are made from.
+
+    Args:
+      default: the field's default value.
+      help: one sentence on what it sets, with its unit; it is both the flag's ``--help`` text
+        and the field's entry in the class docstring.
+      flag: the flag without ``--`` when it is not the field name with ``-`` for ``_``.
+      choices: the allowed values (checked by :meth:`TrainConfig.validate` and argparse).
+      metavar: the flag's placeholder in ``--help``.
+      positive: the value must be an integer >= 1 (None allowed when the default is None).
+      cli: whether ``vggjax train`` has a flag for it.
+    """
+    metadata = {"help": help, "flag": flag, "choices": choices, "metavar": metavar}
+    return dataclasses.field(default=default, metadata={**metadata, "positive": positive, "cli": cli})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run.
+    """Everything that determines a training run; ``vggjax train``'s flags are made from its fields.
 
-    Attributes:
-      arch: arch name (``vgg11``, ``vgg16_bn``, ``A-LRN`` …) or literal
-        (``"((1,16),(1,32),(2,64),(2,128),(2,128))"``).
-      width: width multiplier on every block's channels (0.25 gives the d2l thin VGG-11).
-      image_size: model input side in pixels; 28×28 images are resized bilinearly.
-      head: ``"flatten"`` (d2l) or ``"adaptive"`` (torchvision).
-      hidden: width of fc6 and fc7.
-      dropout_rate: dropout after fc6 and fc7.
-      init_scheme: ``"he"``, ``"torchvision"`` or ``"lecun"`` (see ``models.initializers``).
-      impl: ``"auto"`` (fast ops on CPU, Flax's elsewhere), ``"xla"`` or ``"cpu_fast"``
-        (see ``models.VGG``); same numbers, different speed.
-      dtype: compute dtype, ``"float32"`` or ``"bfloat16"`` (params stay float32); bfloat16
-        is for accelerators, on a CPU it is slower.
-      epochs: passes over the training set.
-      batch_size: training examples per step.
-      eval_batch_size: test examples per evaluation batch (the last one is padded and masked).
-      lr: peak learning rate of SGD.
-      momentum: SGD momentum (0 is plain SGD).
-      weight_decay: L2 penalty added to the gradient, as PyTorch's SGD does.
-      schedule: ``"constant"`` or ``"cosine"`` decay to 0 over the run.
-      warmup_epochs: linear warm-up from 0 to ``lr`` over this many epochs.
-      seed: seeds init, data order and dropout.
-      data_dir: folder holding the four Fashion-MNIST IDX files (None searches).
-      limit_train: use only the first N training examples.
-      limit_test: use only the first N test examples.
-      checkpoint_every: also checkpoint every N steps (None: only at the end of each epoch).
-      keep: how many of the newest checkpoints to keep; the best by validation
-        accuracy is kept as well.
-      channels: input channels of the model (1 for Fashion-MNIST, 3 for ImageNet weights).
-      num_classes: logits per example (10 for Fashion-MNIST, 1000 for ImageNet weights).
-      dataset: ``"fashion-mnist"`` or ``"imagenet"`` (a converted torchvision model); says
-        which preprocessing and labels the weights expect.
-      init_from: run folder whose weights start training (``vggjax train --init-from``);
-        its arch, width, head and hidden are used; fc8 is replaced when the classes differ.
-      adapt_channels: with ``init_from``, allow a different input channel count by
-        adapting the first conv (timm's ``in_chans``: RGB kernels summed for grey).
+    A run's config is printed at start and saved as the run's ``config.json``.
     """
 
-    arch: str = "vgg11"
-    width: float = 0.25
-    image_size: int = 32
-    head: str = "flatten"
-    hidden: int = 4096
-    dropout_rate: float = 0.5
-    init_scheme: str = "he"
-    impl: str = "auto"
-    dtype: str = "float32"
-    epochs: int = 5
-    batch_size: int = 128
-    eval_batch_size: int = 500
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    seed: int = 0
-    data_dir: str | None = None
-    limit_train: int | None = None
-    limit_test: int | None = None
-    checkpoint_every: int | None = None
-    keep: int = 3
-    channels: int = 1
-    num_classes: int = 10
-    dataset: str = "fashion-mnist"
-    init_from: str | None = None
-    adapt_channels: bool = False
+    arch: str = option("vgg11", "arch name (vgg11, vgg16_bn, A-LRN ...) or literal '((1,16),(1,32),...)'")
+    width: float = option(0.25, "width multiplier on every block's channels (0.25: the d2l thin VGG-11)")
+    image_size: int = option(
+        32, "model input side in pixels; the 28x28 images are resized bilinearly", positive=True
+    )
+    head: str = option(
+        "flatten", "dense head: flatten (d2l) or adaptive (torchvision's 7x7 average pool)", choices=HEADS
+    )
+    hidden: int = option(4096, "width of fc6 and fc7", positive=True)
+    dropout_rate: float = option(0.5, "dropout after fc6 and fc7, in [0, 1)", flag="dropout")
+    init_scheme: str = option(
+        "he", "initialisation scheme (see nn.vgg.initializers)", flag="init", choices=INITS
+    )
+    impl: str = option(
+        "auto",
+        "auto: fast matmul-shaped ops on CPU, Flax's elsewhere; xla; cpu_fast; same numbers",
+        choices=IMPLS,
+    )
+    dtype: str = option(
+        "float32",
+        "compute dtype (params stay float32); bfloat16 is for GPUs/TPUs, slower on a CPU",
+        choices=DTYPES,
+    )
+    epochs: int = option(5, "passes over the training set", positive=True)
+    batch_size: int = option(128, "training examples per step (split over the devices)", positive=True)
+    eval_batch_size: int = option(
+        500, "examples per evaluation batch (the last one is padded and masked)", positive=True
+    )
+    lr: float = option(0.05, "peak learning rate of SGD")
+    momentum: float = option(0.9, "SGD momentum in [0, 1); 0 is plain SGD")
+    weight_decay: float = option(5e-4, "L2 penalty added to the gradient, as PyTorch's SGD does")
+    schedule: str = option("cosine", "learning-rate decay to 0 over the run, or constant", choices=SCHEDULES)
+    warmup_epochs: float = option(0.0, "linear warm-up from 0 to --lr over this many epochs")
+    seed: int = option(0, "seeds init, data order and dropout; in [0, 2**32)")
+    data_dir: str | None = option(None, "folder with the four Fashion-MNIST IDX files (default: searched)")
+    limit_train: int | None = option(None, "use the first N training examples", metavar="N", positive=True)
+    limit_test: int | None = option(None, "use the first N test examples", metavar="N", positive=True)
+    checkpoint_every: int | None = option(
+        None, "also checkpoint every N steps (default: at the end of each epoch)", metavar="N", positive=True
+    )
+    keep: int = option(3, "keep the K newest checkpoints (and the best)", metavar="K", positive=True)
+    channels: int = option(
+        1, "input channels of the model (1: Fashion-MNIST, 3: ImageNet weights)", positive=True, cli=False
+    )
+    num_classes: int = option(
+        10, "logits per example (10: Fashion-MNIST, 1000: ImageNet weights)", positive=True, cli=False
+    )
+    dataset: str = option(
+        "fashion-mnist",
+        "what the weights expect: fashion-mnist or imagenet (converted torchvision weights)",
+        choices=DATASETS,
+        cli=False,
+    )
+    init_from: str | None = option(
+        None,
+        "start from this run's weights (e.g. from convert-torchvision); a new fc8 if the classes differ",
+        metavar="RUN_DIR",
+    )
+    adapt_channels: bool = option(
+        False,
+        "with --init-from: adapt 3-channel weights to grey images (timm's in_chans: RGB kernels summed)",
+    )
 
     def resolved_arch(self) -> Arch:
         """The :class:`~vggjax.arch.Arch` this config trains (width applied)."""
@@ -114,21 +139,10 @@ class TrainConfig:
           ArchError: for an invalid arch or width, or an image size below the arch's minimum.
         """
         arch = self.resolved_arch()
-        positive = (
-            "epochs",
-            "batch_size",
-            "eval_batch_size",
-            "image_size",
-            "hidden",
-            "keep",
-            "channels",
-            "num_classes",
-        )
-        for name in positive:
-            check_positive_int(getattr(self, name), f"--{flag_name(name)}")
-        for name in ("limit_train", "limit_test", "checkpoint_every"):
-            if getattr(self, name) is not None:
-                check_positive_int(getattr(self, name), f"--{flag_name(name)}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["positive"] and not (value is None and f.default is None):
+                check_positive_int(value, f"--{flag_name(f.name)}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr!r}")
         if not 0 <= self.momentum < 1:
@@ -145,19 +159,10 @@ class TrainConfig:
         # jax.random.key keeps 32 bits (2**32 seeds as 0) and NumPy's shuffle rejects negatives
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"--seed must be an integer in [0, 2**32), got {self.seed!r}")
-        choices = {
-            "schedule": SCHEDULES,
-            "head": HEADS,
-            "init_scheme": INITS,
-            "dataset": DATASETS,
-            "impl": IMPLS,
-            "dtype": DTYPES,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"--{flag_name(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
-                )
+        for f in dataclasses.fields(self):
+            allowed, value = f.metadata["choices"], getattr(self, f.name)
+            if allowed and value not in allowed:
+                raise ConfigError(f"--{flag_name(f.name)} must be one of {', '.join(allowed)}, got {value!r}")
         if self.image_size < arch.min_input_size:
             raise ConfigError(
                 f"--image-size {self.image_size} is too small for {len(arch.blocks)} 2x2 max-pools; "
@@ -197,8 +202,13 @@ class TrainConfig:
 
 def flag_name(name: str) -> str:
     """The command-line flag (without ``--``) that sets the config field ``name``."""
-    return {"dropout_rate": "dropout", "init_scheme": "init"}.get(name, name).replace("_", "-")
+    return _FIELDS[name].metadata["flag"] or name.replace("_", "-")
 
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+TrainConfig.__doc__ += "\n    Attributes:\n" + "".join(
+    f"      {f.name}: {f.metadata['help']} (default {f.default!r}).\n" for f in _FIELDS.values()
+)
 
 PRESETS: dict[str, TrainConfig] = {
     # Default: thin VGG-11 at 32×32, tuned for a 2-core CPU.
