@@ -14,6 +14,7 @@ import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 _JAX_CACHE = tempfile.mkdtemp(prefix="vggjax-tests-xla-cache-")
 atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)

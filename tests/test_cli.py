@@ -212,3 +212,35 @@ def test_output_into_a_closed_pipe_exits_141_quietly(flags):
     os.close(write)
     _, err = proc.communicate(timeout=120)
     assert (proc.returncode, err) == (141, "")
+
+
+@pytest.mark.parametrize("flags", [["summary"], ["receptive-field", "--json"]])
+def test_closed_or_full_stdout_is_one_line_exit_74(flags, tmp_path):
+    """``>&-`` and ``> /dev/full`` gave exit 1 and a traceback; now one line and EX_IOERR."""
+    command = [sys.executable, "-m", "vggjax", *flags]
+    for stdout in (subprocess.DEVNULL, "full", "closed"):
+        if stdout == "full":
+            stdout = open("/dev/full", "w")  # noqa: SIM115
+        kwargs = {"stdout": stdout} if stdout != "closed" else {"preexec_fn": lambda: os.close(1)}
+        p = subprocess.run(command, stderr=subprocess.PIPE, text=True, **kwargs)
+        if stdout is subprocess.DEVNULL:
+            assert p.returncode == 0 and p.stderr == ""
+            continue
+        reason = "it is closed" if "preexec_fn" in kwargs else "No space left on device"
+        assert p.returncode == 74, p.stderr
+        assert p.stderr == f"error: cannot write to standard output ({reason}); redirect it to a file\n"
+
+
+def test_version_names_what_a_bug_report_needs():
+    p = run("--version")
+    assert p.returncode == 0, p.stderr
+    names = [line.split()[0] for line in p.stdout.splitlines()]
+    wanted = ["vggjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "python", "backend"]
+    assert names == wanted
+    assert "backend cpu, 1 device(s)" in p.stdout
+
+
+def test_an_unknown_flag_shows_the_subcommands_usage():
+    p = run("summary", "--bogus")
+    assert p.returncode == 2
+    assert p.stderr.startswith("usage: vggjax summary") and "unrecognized arguments: --bogus" in p.stderr

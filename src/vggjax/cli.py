@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vggjax.errors import ConfigError, Interrupted, VggjaxError, check_positive_int
+from vggjax.errors import ConfigError, Interrupted, StdoutError, VggjaxError, check_positive_int
 from vggjax.runtime import keep_freed_memory
 
 
@@ -67,7 +67,7 @@ def _train_parser(sub) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_distributed_args(p)
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, parser=p)
 
 
 def _add_distributed_args(p: argparse.ArgumentParser) -> None:
@@ -127,15 +127,15 @@ def _train(args: argparse.Namespace) -> int:
     main = parallel.is_main_process()
     if main:
         if args.resume:
-            print(f"resuming {out} with its saved config: {describe(config)}", flush=True)
+            _out(f"resuming {out} with its saved config: {describe(config)}")
         else:
-            print(f"preset {args.preset or 'default'}: {describe(config)}\nrun folder: {out}", flush=True)
-        print(parallel.describe_devices(), flush=True)
+            _out(f"preset {args.preset or 'default'}: {describe(config)}\nrun folder: {out}")
+        _out(parallel.describe_devices())
     final = train_and_evaluate(
         config, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress
     )
     if main:
-        print(f"test accuracy {final['val_acc']:.4f} after {final['epoch']} epochs; results in {out}")
+        _out(f"test accuracy {final['val_acc']:.4f} after {final['epoch']} epochs; results in {out}")
     return 0
 
 
@@ -150,7 +150,7 @@ def _resume_config(args: argparse.Namespace, overrides: dict, preset):
     config = resume_config(args.resume, overrides, preset=preset)
     saved = TrainConfig.load(Path(args.resume) / "config.json")
     if config.epochs != saved.epochs and (config.schedule != "constant" or config.warmup_epochs):
-        print(
+        _out(
             f"note: --epochs {config.epochs} (was {saved.epochs}) recomputes the {config.schedule} "
             "schedule and warm-up for the new length from here on",
             flush=True,
@@ -172,7 +172,7 @@ def _summary_parser(sub) -> None:
     p.add_argument("--pooling", choices=["avg", "max"], help="global pooling with --head none")
     p.add_argument("--detail", action="store_true", help="one row per conv, ReLU and pool")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_summary)
+    p.set_defaults(func=_summary, parser=p)
 
 
 def _summary(args: argparse.Namespace) -> int:
@@ -188,7 +188,7 @@ def _summary(args: argparse.Namespace) -> int:
         pooling=args.pooling,
         detail=args.detail,
     )
-    print(to_json(rows) if args.json else format_table(rows))
+    _out(to_json(rows) if args.json else format_table(rows))
     return 0
 
 
@@ -206,7 +206,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=500, help="images per device call")
     p.add_argument("--mistakes", type=int, default=32, metavar="N", help="images in mistakes.png")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
-    p.set_defaults(func=_eval)
+    p.set_defaults(func=_eval, parser=p)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -223,10 +223,10 @@ def _eval(args: argparse.Namespace) -> int:
         num_mistakes=args.mistakes,
     )
     if args.json:
-        print(json.dumps(report, indent=1))
+        _out(json.dumps(report, indent=1))
     else:
-        print(format_report(report))
-        print(f"wrote eval.json, confusion.png, mistakes.png and report.html in {args.run_dir}")
+        _out(format_report(report))
+        _out(f"wrote eval.json, confusion.png, mistakes.png and report.html in {args.run_dir}")
     return 0
 
 
@@ -245,7 +245,7 @@ def _predict_parser(sub) -> None:
     p.add_argument("--checkpoint", help="weights folder to use instead of RUN_DIR/weights")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--labels", help="ImageNet runs (convert-torchvision): class names, one per line")
-    p.set_defaults(func=_predict)
+    p.set_defaults(func=_predict, parser=p)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -264,9 +264,9 @@ def _predict(args: argparse.Namespace) -> int:
         if "error" in r:
             print(format_prediction(r), file=sys.stderr)
         elif not args.json:
-            print(format_prediction(r))
+            _out(format_prediction(r))
     if args.json:
-        print(json.dumps(results, indent=1))
+        _out(json.dumps(results, indent=1))
     return 1 if any("error" in r for r in results) else 0
 
 
@@ -280,7 +280,7 @@ def _receptive_field_parser(sub) -> None:
     _config_flags(p, ("arch", "width"), arch="vgg11", width=1.0)
     p.add_argument("--all", action="store_true", help="also list the BatchNorm, ReLU and LRN layers")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_receptive_field)
+    p.set_defaults(func=_receptive_field, parser=p)
 
 
 def _receptive_field(args: argparse.Namespace) -> int:
@@ -288,7 +288,7 @@ def _receptive_field(args: argparse.Namespace) -> int:
     from vggjax.arch.receptive_field import format_table, receptive_fields, to_json
 
     fields = receptive_fields(get_arch(args.arch, width=args.width), pointwise=args.all)
-    print(to_json(fields) if args.json else format_table(fields))
+    _out(to_json(fields) if args.json else format_table(fields))
     return 0
 
 
@@ -312,7 +312,7 @@ def _convert_parser(sub) -> None:
     )
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
-    p.set_defaults(func=_convert)
+    p.set_defaults(func=_convert, parser=p)
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -321,7 +321,7 @@ def _convert(args: argparse.Namespace) -> int:
     config = convert_torchvision(
         args.weights, args.arch, args.out, width=args.width, dataset=args.dataset, overwrite=args.overwrite
     )
-    print(
+    _out(
         f"converted {args.weights} ({config.arch}, {config.channels} channels, {config.num_classes} classes, "
         f"head {config.head}) to {args.out}"
     )
@@ -337,14 +337,14 @@ def _export_parser(sub) -> None:
     )
     p.add_argument("run_dir", help="run folder (from vggjax train or convert-torchvision)")
     p.add_argument("out", help="output file, .pth or .safetensors")
-    p.set_defaults(func=_export)
+    p.set_defaults(func=_export, parser=p)
 
 
 def _export(args: argparse.Namespace) -> int:
     from vggjax.interop.pretrained import export_torchvision
 
     state = export_torchvision(args.run_dir, args.out)
-    print(f"wrote {len(state)} tensors to {args.out}")
+    _out(f"wrote {len(state)} tensors to {args.out}")
     return 0
 
 
@@ -359,7 +359,7 @@ def _predict_imagenet_parser(sub) -> None:
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     p.add_argument("--labels", help="class names, one per line (line i names class i)")
     p.add_argument("--top", type=int, default=5, help="classes to print per image")
-    p.set_defaults(func=_predict_imagenet)
+    p.set_defaults(func=_predict_imagenet, parser=p)
 
 
 def _predict_imagenet(args: argparse.Namespace) -> int:
@@ -382,10 +382,10 @@ def _print_imagenet(run, images: Sequence[str], *, top: int, labels: str | None,
         if isinstance(result, Exception):  # an unreadable file: one line, the others go on
             print(f"error: {result}", file=sys.stderr)
             continue
-        print(path)
+        _out(path)
         for rank, (i, prob) in enumerate(zip(*result, strict=True), 1):
             name = f"  {names[i]}" if names else ""
-            print(f"  {rank}. {i:4d}  {prob:.4f}{name}")
+            _out(f"  {rank}. {i:4d}  {prob:.4f}{name}")
     return 1 if any(isinstance(r, Exception) for r in results) else 0
 
 
@@ -406,7 +406,7 @@ def _bench_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed runs (the median is reported)")
     p.add_argument("--only", choices=["train", "inference"], help="measure one of the two")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_bench)
+    p.set_defaults(func=_bench, parser=p)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -417,7 +417,7 @@ def _bench(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(BenchConfig)}
     config = BenchConfig(**{k: v for k, v in vars(args).items() if k in fields})
     report = run_bench(config, train=args.only != "inference", inference=args.only != "train")
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    _out(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
@@ -427,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vggjax",
         description="VGG networks in JAX/Flax: build, inspect, train, evaluate, predict, benchmark.",
     )
+    parser.add_argument("--version", action=_Version, help="print the versions a bug report needs, and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
     _summary_parser(sub)
@@ -440,11 +441,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Version(argparse.Action):
+    """``vggjax --version``: vggjax, its main dependencies, Python, JAX's default backend and devices."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import importlib.metadata
+        import platform
+
+        import jax
+
+        names = ("vggjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+        for name in names:
+            print(f"{name} {importlib.metadata.version(name)}")
+        print(f"python {platform.python_version()} ({platform.machine()}, {platform.system()})")
+        devices = jax.devices()
+        print(f"backend {jax.default_backend()}, {len(devices)} device(s): {devices[0].device_kind}")
+        parser.exit()
+
+
+def _out(*values: object) -> None:
+    """``print`` to standard output, flushed; a closed or full stdout becomes a :class:`StdoutError`.
+
+    A closed pipe (``| head``) stays a ``BrokenPipeError``, which ``main`` ends quietly.
+    """
+    if sys.stdout is None:  # started with stdout closed (>&-): print() would drop it silently
+        raise StdoutError("cannot write to standard output (it is closed); redirect it to a file")
+    try:
+        if values:
+            print(*values)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        reason = e.strerror or e
+        raise StdoutError(f"cannot write to standard output ({reason}); redirect it to a file") from None
+
+
 def _terminated(signum, frame):
     raise Interrupted("stopped by SIGTERM outside the training loop", signum)
 
 
 def _discard_stdout() -> None:
+    if sys.stdout is None:
+        return
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -460,7 +502,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     input, 3 training diverged, 130 stopped by Ctrl-C, 141 the reader of stdout went
     away (``vggjax summary | head -3``), 143 stopped by SIGTERM.
     """
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # argparse would show the top-level usage; the subcommand's is the useful one
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     keep_freed_memory()  # before JAX allocates its first buffer
     # orbax logs through absl; what a user needs comes back to us as one error line
     logging.getLogger("absl").setLevel(logging.CRITICAL)
@@ -469,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         status = args.func(args)
-        sys.stdout.flush()  # a closed pipe shows here rather than at exit
+        _out()  # a closed pipe, or a closed or full stdout, shows here rather than at exit
         return status
     except BrokenPipeError:
         # The reader (head, less) has gone, as SIGPIPE would tell a C program: stop

@@ -12,6 +12,7 @@ Exit statuses of ``vggjax``:
 1     ``vggjax predict``: some image files could not be read
 2     bad input (any :class:`VggjaxError` but :class:`DivergedError`)
 3     training diverged: a non-finite loss or gradient (:class:`DivergedError`)
+74    standard output cannot be written: closed (``>&-``) or full (``> /dev/full``); EX_IOERR
 130   stopped by Ctrl-C (SIGINT); a checkpoint was saved if training had started
 141   the reader of stdout went away (a closed pipe: ``vggjax summary | head -3``)
 143   stopped by SIGTERM; a checkpoint was saved if training had started
@@ -21,6 +22,8 @@ Exit statuses of ``vggjax``:
 from __future__ import annotations
 
 import signal
+
+EX_IOERR = 74  # sysexits.h: an input/output error (here: standard output cannot be written)
 
 
 class VggjaxError(ValueError):
@@ -98,3 +101,9 @@ def first_line(e: BaseException, limit: int | None = None) -> str:
     """
     text = str(e).strip()
     return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
+class StdoutError(VggjaxError):
+    """Standard output cannot be written: it was closed (``>&-``) or its device is full."""
+
+    exit_code = EX_IOERR
