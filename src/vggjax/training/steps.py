@@ -108,7 +108,7 @@ def eval_step(state: TrainState, batch: dict, *, image_size: int) -> dict:
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
     return {
         "loss": jnp.sum(loss * mask),
-        "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-        "correct5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+        "correct": jnp.sum((jnp.argmax(logits, -1) == labels).astype(jnp.float32) * mask),
+        "correct5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1).astype(jnp.float32) * mask),
         "count": jnp.sum(mask),
     }

@@ -70,7 +70,10 @@ def make_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
         decay = optax.cosine_decay_schedule(config.lr, total - warmup)
     else:
         decay = optax.constant_schedule(config.lr)
-    return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), decay], [warmup])
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), decay], [warmup])
+    # optax mixes the int32 count with Python floats, which strict dtype promotion refuses;
+    # a float32 count gives the same values (the schedules turn it into float32 anyway).
+    return lambda count: schedule(jnp.asarray(count, jnp.float32))
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
