@@ -5,7 +5,14 @@ The real files are Debian's ``dataset-fashion-mnist`` (re-gzipped, same content)
 
 from __future__ import annotations
 
+import gzip
+
+import numpy as np
+import pytest
+
 from vggjax import data
+from vggjax.data.idx import read_idx
+from vggjax.errors import DataError
 
 # Zalando's README (github.com/zalandoresearch/fashion-mnist), as published.
 OFFICIAL_MD5 = {
@@ -18,3 +25,21 @@ OFFICIAL_MD5 = {
 
 def test_md5_are_the_official_ones_as_published():
     assert data.MD5 == OFFICIAL_MD5
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("limit", [None, 2])
+@pytest.mark.parametrize(("shape", "magic"), [((6,), 2049), ((6, 28, 28), 2051)])
+def test_byte_swapped_header_is_named_as_such(tmp_path, gz, limit, shape, magic):
+    # the magic and the dimensions written little-endian, as a naive writer on x86 does
+    header = bytes([len(shape), 0x08, 0, 0]) + b"".join(d.to_bytes(4, "little") for d in shape)
+    path = tmp_path / "swapped"
+    content = header + bytes(int(np.prod(shape)))
+    path.write_bytes(gzip.compress(content) if gz else content)
+    with pytest.raises(DataError) as info:
+        read_idx(path, limit=limit)
+    assert str(info.value) == (
+        f"{path}: IDX header looks byte-swapped: it starts with {header[:4]!r}, the magic {magic} "
+        f"written little-endian, but IDX is big-endian ({magic.to_bytes(4, 'big')!r}); write the file "
+        "big-endian, or replace it with an intact copy of the file"
+    )

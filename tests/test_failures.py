@@ -110,6 +110,8 @@ def setup_case(case: str, tmp_path: Path) -> tuple[list[str], Path]:
         "IDX wrong magic": b"\x01\x02\x03\x04" + bytes(100),
         "IDX truncated": gzip.compress(real_test_labels()[:5000]),
         "IDX corrupt gzip": gzip.compress(real_test_labels())[:3000],
+        # the magic and the count written little-endian
+        "IDX byte-swapped": b"\x01\x08\0\0" + (10000).to_bytes(4, "little") + real_test_labels()[8:],
     }
     if case in idx:
         return [*new, "--data-dir", str(data_dir_with(tmp_path, idx[case]))], out
@@ -152,6 +154,7 @@ CASES = {
     "IDX wrong magic": ([], "t10k-labels-idx1-ubyte.gz: not an IDX file"),
     "IDX truncated": ([], "t10k-labels-idx1-ubyte.gz: truncated: header declares shape (10000,)"),
     "IDX corrupt gzip": ([], "t10k-labels-idx1-ubyte.gz: truncated or corrupt gzip stream"),
+    "IDX byte-swapped": ([], "t10k-labels-idx1-ubyte.gz: IDX header looks byte-swapped: it starts with"),
     "other arch": ([], "was written for model ((1,8),(1,16),(2,32),(2,64),(2,64))+batch_norm"),
     "truncated checkpoint": ([], "checkpoints/1 is truncated or unreadable"),
     "existing run": ([], "already holds a vggjax run; pass --resume"),

@@ -20,6 +20,9 @@ import numpy as np
 from vggjax.errors import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of a gzip file, whatever its name
+# IDX type codes (0x08 uint8 ... 0x0E float64): a header ``[ndim, code, 0, 0]`` is a magic
+# written little-endian.
+_TYPE_CODES = (0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E)
 _REPLACE = "replace it with an intact copy of the file"
 
 
@@ -40,8 +43,8 @@ def read_idx(path: str | os.PathLike, *, limit: int | None = None) -> np.ndarray
         (``d0`` at most ``limit``).
 
     Raises:
-        DataError: unreadable file, not IDX, not uint8, or gzip stream or payload
-            truncated or too long; a negative ``limit``.
+        DataError: unreadable file, not IDX (or its header byte-swapped), not uint8, or
+            gzip stream or payload truncated or too long; a negative ``limit``.
     """
     if limit is not None and limit < 0:
         raise DataError(f"limit must be at least 0, got {limit}; pass a non-negative limit or none")
@@ -114,6 +117,13 @@ def _read_head(path: Path, limit: int) -> tuple[np.ndarray, int] | None:
 
 def _parse_header(raw: bytes, path: Path) -> tuple[tuple[int, ...], int]:
     """The dimensions an IDX header declares, and where its payload starts in ``raw``."""
+    if len(raw) >= 4 and raw[2:4] == b"\0\0" and raw[1] in _TYPE_CODES and 1 <= raw[0] <= 4:
+        magic = int.from_bytes(raw[:4], "little")  # e.g. 2049 (labels) or 2051 (images)
+        raise DataError(
+            f"{path}: IDX header looks byte-swapped: it starts with {raw[:4]!r}, the magic {magic} "
+            f"written little-endian, but IDX is big-endian ({magic.to_bytes(4, 'big')!r}); write the "
+            f"file big-endian, or {_REPLACE}"
+        )
     if len(raw) < 4 or raw[:2] != b"\0\0":
         raise DataError(f"{path}: not an IDX file (starts with {raw[:4]!r}); {_REPLACE}")
     code, ndim = raw[2], raw[3]
