@@ -45,7 +45,7 @@ def official_with(tmp_path: Path, name: str, content: bytes) -> Path:
     """A folder of the real four files (linked), but ``name`` holding ``content``."""
     folder = tmp_path / "fmnist"
     folder.mkdir()
-    for other in data.SHA256:
+    for other in (n for pair in data.FILES.values() for n in pair):
         if other != name:
             (folder / other).symlink_to(data.DEBIAN_DIR / other)
     (folder / name).write_bytes(content)
