@@ -66,6 +66,12 @@ def data_dir_with(tmp_path: Path, bad: bytes) -> Path:
     return folder
 
 
+# 10,000 labels in digit MNIST's test split's class counts
+DIGIT_MNIST_LIKE_LABELS = np.repeat(
+    np.arange(10, dtype=np.uint8), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+).tobytes()
+
+
 def real_test_labels() -> bytes:
     return gzip.decompress((data.DEBIAN_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes())
 
@@ -110,6 +116,10 @@ def setup_case(case: str, tmp_path: Path) -> tuple[list[str], Path]:
         "IDX wrong magic": b"\x01\x02\x03\x04" + bytes(100),
         "IDX truncated": gzip.compress(real_test_labels()[:5000]),
         "IDX corrupt gzip": gzip.compress(real_test_labels())[:3000],
+        # the magic and the count written little-endian
+        "IDX byte-swapped": b"\x01\x08\0\0" + (10000).to_bytes(4, "little") + real_test_labels()[8:],
+        # a valid IDX labels file, but not 1000 of each class
+        "labels not Fashion-MNIST's": real_test_labels()[:8] + DIGIT_MNIST_LIKE_LABELS,
     }
     if case in idx:
         return [*new, "--data-dir", str(data_dir_with(tmp_path, idx[case]))], out
@@ -152,6 +162,8 @@ CASES = {
     "IDX wrong magic": ([], "t10k-labels-idx1-ubyte.gz: not an IDX file"),
     "IDX truncated": ([], "t10k-labels-idx1-ubyte.gz: truncated: header declares shape (10000,)"),
     "IDX corrupt gzip": ([], "t10k-labels-idx1-ubyte.gz: truncated or corrupt gzip stream"),
+    "IDX byte-swapped": ([], "t10k-labels-idx1-ubyte.gz: IDX header looks byte-swapped: it starts with"),
+    "labels not Fashion-MNIST's": ([], "t10k-labels-idx1-ubyte.gz: content has SHA-256 "),
     "other arch": ([], "was written for model ((1,8),(1,16),(2,32),(2,64),(2,64))+batch_norm"),
     "truncated checkpoint": ([], "checkpoints/1 is truncated or unreadable"),
     "existing run": ([], "already holds a vggjax run; pass --resume"),

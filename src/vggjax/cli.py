@@ -42,11 +42,11 @@ def _config_flags(p: argparse.ArgumentParser, names: Sequence[str] | None = None
             continue
         kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
         default = defaults.get(f.name, f.default)
-        help = f.metadata["help"] + ("" if default is None or default is False else f" (default {default})")
+        help = f.metadata["help"] + ("" if default is None or kind is bool else f" (default {default})")
         flag = f"--{flag_name(f.name)}"
         given = {"dest": f.name, "default": defaults.get(f.name), "help": help}
-        if kind is bool:
-            p.add_argument(flag, action="store_true", **given)
+        if kind is bool:  # a flag turns a field on, or off if it is on by default (--no-verify-data)
+            p.add_argument(flag, action="store_false" if f.default else "store_true", **given)
         else:
             metavar = f.metadata["metavar"] or (None if f.metadata["choices"] else flag[2:].upper())
             p.add_argument(flag, type=kind, choices=f.metadata["choices"], metavar=metavar, **given)
@@ -206,6 +206,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=500, help="images per device call")
     p.add_argument("--mistakes", type=int, default=32, metavar="N", help="images in mistakes.png")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    _config_flags(p, ("verify_data",), verify_data=True)
     p.set_defaults(func=_eval, parser=p)
 
 
@@ -221,6 +222,7 @@ def _eval(args: argparse.Namespace) -> int:
         limit_test=args.limit_test,
         batch_size=args.batch_size,
         num_mistakes=args.mistakes,
+        verify_data=args.verify_data,
     )
     if args.json:
         _out(json.dumps(report, indent=1))

@@ -99,6 +99,12 @@ class TrainConfig:
     warmup_epochs: float = option(0.0, "linear warm-up from 0 to --lr over this many epochs")
     seed: int = option(0, "seeds init, data order and dropout; in [0, 2**32)")
     data_dir: str | None = option(None, "folder with the four Fashion-MNIST IDX files (default: searched)")
+    verify_data: bool = option(
+        True,
+        "check each Fashion-MNIST file's SHA-256 as it is read; turn it off for a modified copy (then "
+        "only class counts unlike the official ones are warned of)",
+        flag="no-verify-data",
+    )
     limit_train: int | None = option(None, "use the first N training examples", metavar="N", positive=True)
     limit_test: int | None = option(None, "use the first N test examples", metavar="N", positive=True)
     checkpoint_every: int | None = option(

@@ -1,7 +1,8 @@
 """Fashion-MNIST: find, download, verify and load the four official IDX files.
 
 Each file may be gzipped or raw, named with or without ``.gz`` (gzip is recognised by
-content). Bad data raises :class:`~vggjax.errors.DataError`, one line naming the file.
+content). Its content is checked against :data:`SHA256` whenever it is read. Bad data
+raises :class:`~vggjax.errors.DataError`, one line naming the file.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -19,7 +21,7 @@ from typing import BinaryIO
 import numpy as np
 from tqdm import tqdm
 
-from vggjax.data.idx import read_idx, read_idx_counted
+from vggjax.data.idx import read_idx_counted
 from vggjax.errors import DataError
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -31,15 +33,24 @@ FILES: dict[str, tuple[str, str]] = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-# MD5 of the files as served from URL. Debian ships the same payload re-gzipped without
-# the stored file name (24 bytes shorter), so its .gz files have other checksums; they
-# are only checked by download(), never when reading.
+# MD5 of the .gz files as served from URL (Zalando's README), checked by download().
 MD5: dict[str, str] = {
     "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
     "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
     "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83fd310",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
 }
+# SHA-256 of each file's decompressed content (IDX header and payload), checked on every
+# read. Debian re-gzips the same deflate stream without the stored name and time (23-24
+# bytes shorter), so its .gz checksums differ from MD5's but these are the same, as they
+# are for the files gunzipped.
+SHA256: dict[str, str] = {
+    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+PER_CLASS: dict[str, int] = {"train": 6000, "test": 1000}  # examples of each class in each split
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "VGGJAX_DATA"
 IMAGE_SIZE = 28
@@ -52,7 +63,12 @@ HOW_TO_GET = (
     f"or set {ENV_VAR}=DIR"
 )
 _REPLACE = f"replace it with the official file from {URL}"
+_NO_VERIFY = "pass --no-verify-data (verify=False) to use it anyway"
 _PUT_FILES = f"put {', '.join(_ALL_FILES)} there (gzipped or not), or choose another directory"
+
+
+class ClassCountWarning(UserWarning):
+    """Unverified labels whose class counts are not those of the official split (:data:`PER_CLASS`)."""
 
 
 def cache_dir() -> Path:
@@ -192,22 +208,28 @@ def load_split(
     *,
     limit: int | None = None,
     download: bool = False,
+    verify: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Load one split, checked for consistency.
+    """Load one split, checked for consistency and, unless ``verify`` is off, against :data:`SHA256`.
 
     Args:
         split: ``"train"`` (60000 examples) or ``"test"`` (10000).
         data_dir: directory holding the files; searched for (:func:`find_data_dir`) if None.
         limit: keep only the first ``limit`` examples (at least 1); only those images
-            are read from the file (see :func:`read_idx`).
+            are kept in memory (see :func:`read_idx`). Verification still reads the rest
+            of the images file, in pieces (about 0.3 s of CPU more for all of train).
         download: download into :func:`cache_dir` if the files are found nowhere.
+        verify: check the SHA-256 of both files' decompressed content (``--no-verify-data``
+            turns it off, for a modified copy). When off, a :class:`ClassCountWarning` is
+            issued if the labels' class counts differ from the official :data:`PER_CLASS`.
 
     Returns:
         ``{"image": uint8[N, 28, 28, 1], "label": int32[N]}``.
 
     Raises:
         DataError: unknown split, bad ``limit``, missing or malformed files, image and
-            label counts that differ, or a label outside 0..9.
+            label counts that differ, a label outside 0..9, or (``verify``) a file whose
+            content is not the official one.
     """
     if split not in FILES:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(map(repr, FILES))}")
@@ -215,10 +237,10 @@ def load_split(
         raise DataError(f"limit must be at least 1, got {limit}; pass a positive limit or none")
     directory = _resolve_dir(data_dir, download, progress=True)
     image_path, label_path = (_locate(directory, n) or directory / n for n in FILES[split])
-    # Only the images used are read (47 MB for all of train); the labels (60 kB) are read
+    # Only the images used are kept (47 MB for all of train); the labels (60 kB) are read
     # in full, so every label is checked to be a class, as without a limit.
-    images, num_images = read_idx_counted(image_path, limit)
-    labels = read_idx(label_path)
+    images, num_images, image_sha = read_idx_counted(image_path, limit, digest=verify)
+    labels, _, label_sha = read_idx_counted(label_path, None, digest=verify)
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         shape = (num_images, *images.shape[1:])
         raise DataError(f"{image_path}: images of shape {shape}, not (N, 28, 28); {_REPLACE}")
@@ -233,9 +255,29 @@ def load_split(
     if bad.size:
         i = int(bad[0])
         raise DataError(f"{label_path}: label {labels[i]} at index {i} is not in 0..9; {_REPLACE}")
+    for path, name, got in zip((image_path, label_path), FILES[split], (image_sha, label_sha), strict=True):
+        if verify and got != SHA256[name]:
+            raise DataError(
+                f"{path}: content has SHA-256 {got}, expected {SHA256[name]} (the official {name}); "
+                f"{_REPLACE}, or {_NO_VERIFY}"
+            )
+    if not verify:
+        _warn_on_class_counts(split, label_path, labels)
     if limit is not None:
         images, labels = images[:limit].copy(), labels[:limit]
     return {"image": images[..., None], "label": labels.astype(np.int32)}
+
+
+def _warn_on_class_counts(split: str, path: Path, labels: np.ndarray) -> None:
+    """Warn if the labels of a whole split do not hold :data:`PER_CLASS` examples of each class."""
+    counts = np.bincount(labels, minlength=NUM_CLASSES).tolist()
+    if counts != [PER_CLASS[split]] * NUM_CLASSES:
+        warnings.warn(
+            f"{path}: class counts {counts} are not the official {split} split's {PER_CLASS[split]} "
+            "of each class, so this is not Fashion-MNIST as published (not verified: --no-verify-data)",
+            ClassCountWarning,
+            stacklevel=3,
+        )
 
 
 def load_fashion_mnist(
@@ -245,23 +287,26 @@ def load_fashion_mnist(
     limit_test: int | None = None,
     download: bool = True,
     progress: bool = True,
+    verify: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Load both splits, downloading into :func:`cache_dir` if they are found nowhere.
 
     Args:
         data_dir: directory holding the files; searched for (:func:`find_data_dir`) if None.
         limit_train: keep only the first ``limit_train`` training examples (only their
-            images are read from the file).
+            images are kept in memory).
         limit_test: keep only the first ``limit_test`` test examples (likewise).
         download: allow downloading when no directory holds the files.
         progress: show download progress bars.
+        verify: check each file's content against :data:`SHA256` (see :func:`load_split`).
 
     Returns:
         ``(train, test)``, each ``{"image": uint8[N, 28, 28, 1], "label": int32[N]}``.
 
     Raises:
-        DataError: the data is missing (and ``download`` is off or fails) or malformed.
+        DataError: the data is missing (and ``download`` is off or fails), malformed, or
+            (``verify``) not the official files.
     """
     directory = _resolve_dir(data_dir, download, progress)
-    train = load_split("train", directory, limit=limit_train)
-    return train, load_split("test", directory, limit=limit_test)
+    train = load_split("train", directory, limit=limit_train, verify=verify)
+    return train, load_split("test", directory, limit=limit_test, verify=verify)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import math
 import os
 import zlib
@@ -20,6 +21,10 @@ import numpy as np
 from vggjax.errors import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of a gzip file, whatever its name
+# IDX type codes (0x08 uint8 ... 0x0E float64): a header ``[ndim, code, 0, 0]`` is a magic
+# written little-endian.
+_TYPE_CODES = (0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E)
+_CHUNK = 1 << 20  # bytes hashed at a time after the entries a limited read keeps
 _REPLACE = "replace it with an intact copy of the file"
 
 
@@ -40,26 +45,42 @@ def read_idx(path: str | os.PathLike, *, limit: int | None = None) -> np.ndarray
         (``d0`` at most ``limit``).
 
     Raises:
-        DataError: unreadable file, not IDX, not uint8, or gzip stream or payload
-            truncated or too long; a negative ``limit``.
+        DataError: unreadable file, not IDX (or its header byte-swapped), not uint8, or
+            gzip stream or payload truncated or too long; a negative ``limit``.
     """
     if limit is not None and limit < 0:
         raise DataError(f"limit must be at least 0, got {limit}; pass a non-negative limit or none")
     return read_idx_counted(Path(path), limit)[0]
 
 
-def read_idx_counted(path: Path, limit: int | None) -> tuple[np.ndarray, int]:
-    """:func:`read_idx`, and the number of entries the header declares (``d0``).
+def read_idx_counted(
+    path: Path, limit: int | None, *, digest: bool = False
+) -> tuple[np.ndarray, int, str | None]:
+    """:func:`read_idx`, the number of entries the header declares (``d0``), and a checksum.
+
+    Args:
+        path: the file to read.
+        limit: as in :func:`read_idx`.
+        digest: also return the SHA-256 of the whole decompressed content (header and
+            payload, the same whether the file is gzipped or raw). With a ``limit`` the rest
+            of the file is then streamed through the hash too, in 1 MiB pieces, so that
+            memory stays that of the entries kept.
+
+    Returns:
+        ``(array, d0, sha256)``: the array of :func:`read_idx`, ``d0``, and the hex
+        SHA-256 of the content (None unless ``digest``).
 
     Raises:
         DataError: as :func:`read_idx`.
     """
     if limit is not None:
-        head = _read_head(path, limit)
+        head = _read_head(path, limit, digest)
         if head is not None:
             return head
-    array = _parse_idx(_read_all(path), path)
-    return (array if limit is None else array[:limit]), len(array)
+    raw = _read_all(path)
+    array = _parse_idx(raw, path)
+    sha256 = hashlib.sha256(raw).hexdigest() if digest else None
+    return (array if limit is None else array[:limit]), len(array), sha256
 
 
 def _read_all(path: Path) -> bytes:
@@ -76,12 +97,13 @@ def _read_all(path: Path) -> bytes:
         raise DataError(f"{path}: truncated or corrupt gzip stream ({e}); {_REPLACE}") from None
 
 
-def _read_head(path: Path, limit: int) -> tuple[np.ndarray, int] | None:
-    """The first ``limit`` entries of a sound IDX file, reading no further than them.
+def _read_head(path: Path, limit: int, digest: bool) -> tuple[np.ndarray, int, str | None] | None:
+    """The first ``limit`` entries of a sound IDX file, reading no further than them unless ``digest``.
 
+    With ``digest`` the rest is read in pieces into the SHA-256 of the whole content.
     None if reading them all is needed anyway, or if anything looks wrong (unreadable,
-    bad header, a length that does not match the header): the full read then gives
-    the data or the error.
+    bad header, a length that does not match the header, a stream cut or corrupt
+    further on): the full read then gives the data or the error.
     """
     try:
         with open(path, "rb") as f:
@@ -105,15 +127,32 @@ def _read_head(path: Path, limit: int) -> tuple[np.ndarray, int] | None:
                     return None
                 shape = (limit, *dims[1:])
                 payload = stream.read(math.prod(shape))
-            if len(payload) != math.prod(shape):
-                return None
+                if len(payload) != math.prod(shape):
+                    return None
+                sha256 = None
+                if digest:
+                    hasher, read = hashlib.sha256(head[:start]), start + len(payload)
+                    hasher.update(payload)
+                    while chunk := stream.read(_CHUNK):
+                        hasher.update(chunk)
+                        read += len(chunk)
+                    if read != length:
+                        return None
+                    sha256 = hasher.hexdigest()
     except (DataError, EOFError, zlib.error, OSError):
         return None
-    return np.frombuffer(payload, dtype=np.uint8).reshape(shape).copy(), dims[0]
+    return np.frombuffer(payload, dtype=np.uint8).reshape(shape).copy(), dims[0], sha256
 
 
 def _parse_header(raw: bytes, path: Path) -> tuple[tuple[int, ...], int]:
     """The dimensions an IDX header declares, and where its payload starts in ``raw``."""
+    if len(raw) >= 4 and raw[2:4] == b"\0\0" and raw[1] in _TYPE_CODES and 1 <= raw[0] <= 4:
+        magic = int.from_bytes(raw[:4], "little")  # e.g. 2049 (labels) or 2051 (images)
+        raise DataError(
+            f"{path}: IDX header looks byte-swapped: it starts with {raw[:4]!r}, the magic {magic} "
+            f"written little-endian, but IDX is big-endian ({magic.to_bytes(4, 'big')!r}); write the "
+            f"file big-endian, or {_REPLACE}"
+        )
     if len(raw) < 4 or raw[:2] != b"\0\0":
         raise DataError(f"{path}: not an IDX file (starts with {raw[:4]!r}); {_REPLACE}")
     code, ndim = raw[2], raw[3]

@@ -81,6 +81,7 @@ def evaluate_run(
     limit_test: int | None = None,
     batch_size: int = 500,
     num_mistakes: int = 32,
+    verify_data: bool = True,
 ) -> dict:
     """Scores a run on the test split and writes ``eval.json``, the two PNGs and ``report.html``.
 
@@ -91,13 +92,15 @@ def evaluate_run(
       limit_test: score only the first N test images (default: all 10,000).
       batch_size: images per device call.
       num_mistakes: at most this many misclassified images in ``mistakes.png``.
+      verify_data: check the test files' SHA-256 as they are read (see ``data.load_split``).
 
     Returns:
       :func:`classification_report` plus ``"run"`` and ``"weights"`` (the paths used).
 
     Raises:
       CheckpointError: for a folder that is not a run or weights that do not fit it.
-      DataError: when the test split cannot be found, downloaded or read, or ``limit_test`` < 1.
+      DataError: when the test split cannot be found, downloaded or read, is not the official one
+        (``verify_data``), or ``limit_test`` < 1.
       ConfigError: for ``batch_size`` < 1 or ``num_mistakes`` < 0.
     """
     if num_mistakes < 0:
@@ -109,7 +112,8 @@ def evaluate_run(
             f"{run_dir} holds {run.config.dataset} weights; vggjax eval scores Fashion-MNIST runs "
             "(fine-tune them first with vggjax train --init-from)"
         )
-    test = data.load_split("test", data_dir or run.config.data_dir, limit=limit_test, download=True)
+    directory = data_dir or run.config.data_dir
+    test = data.load_split("test", directory, limit=limit_test, download=True, verify=verify_data)
     logits = predict_logits(run, test["image"], batch_size=batch_size)
     report = classification_report(logits, test["label"])
     report = {"run": str(run_dir), "weights": str(run.weights), **report}

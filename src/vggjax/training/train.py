@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,9 +162,17 @@ def train_and_evaluate(
         run_folder.check_resumable(run_dir)
     else:
         run_folder.check_new_run_dir(run_dir, overwrite=overwrite)
-    train_ds, test_ds = data.load_fashion_mnist(
-        config.data_dir, limit_train=config.limit_train, limit_test=config.limit_test, progress=progress
-    )
+    with warnings.catch_warnings(record=True) as caught:  # e.g. unverified data with odd class counts
+        warnings.simplefilter("always", data.ClassCountWarning)
+        train_ds, test_ds = data.load_fashion_mnist(
+            config.data_dir,
+            limit_train=config.limit_train,
+            limit_test=config.limit_test,
+            progress=progress,
+            verify=config.verify_data,
+        )
+    for w in caught:
+        log(f"warning: {w.message}")
     n_train = len(train_ds["label"])
     if n_train < config.batch_size:
         raise ConfigError(
