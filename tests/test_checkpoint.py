@@ -17,17 +17,18 @@ import pytest
 
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError
+from vggjax.nn.vgg import from_config
 from vggjax.run.checkpoint import Position, RunCheckpoints
 from vggjax.training import parallel
 from vggjax.training.steps import create_train_state
-from vggjax.training.train import make_model, make_optimizer, model_signature
+from vggjax.training.train import make_optimizer, model_signature
 
 CONFIG = TrainConfig(arch="vgg11_bn", width=0.125, hidden=64, image_size=32)
 
 
 def fresh_state(config=CONFIG):
     state = create_train_state(
-        make_model(config), make_optimizer(config, 10), jax.random.key(0), (1, 32, 32, 1)
+        from_config(config), make_optimizer(config, 10), jax.random.key(0), (1, 32, 32, 1)
     )
     return state.replace(step=jnp.zeros((), jnp.int32))
 

@@ -149,7 +149,7 @@ def test_train_init_from_converted_weights(tmp_path, capsys, fashion_small):
     import torch
     from torch_vgg import make_torch_vgg
 
-    from vggjax.interop.pretrained import read_run
+    from vggjax.run.folder import RunDir
 
     torch.save(make_torch_vgg("vgg11", width=0.125, hidden=64).state_dict(), tmp_path / "w.pth")
     source = tmp_path / "src"
@@ -187,12 +187,12 @@ def test_train_init_from_converted_weights(tmp_path, capsys, fashion_small):
     out = capsys.readouterr().out
     assert "adapted the first conv from 3 to 1 input channels" in out
     assert "new fc8 for 10 classes (the pretrained one has 1000)" in out and "test accuracy" in out
-    config, variables = read_run(tmp_path / "ft")
+    config, variables = RunDir(tmp_path / "ft").config(), RunDir(tmp_path / "ft").read_variables()
     assert (config.arch, config.width, config.hidden, config.head) == ("vgg11", 0.125, 64, "adaptive")
     assert variables["params"]["block1"]["conv1"]["kernel"].shape == (3, 3, 1, 8)
     assert variables["params"]["fc8"]["kernel"].shape == (64, 10)
     # Four SGD steps move the converted weights only a little: still the source's, not a fresh init.
-    _, before = read_run(source)
+    before = RunDir(source).read_variables()
     a, b = (np.ravel(v["params"]["block3"]["conv1"]["kernel"]) for v in (variables, before))
     assert np.corrcoef(a, b)[0, 1] > 0.9
 

@@ -10,12 +10,12 @@ from vggjax import data
 from vggjax.cli import main
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
+from vggjax.nn.vgg import from_config
 from vggjax.run import checkpoint
 from vggjax.run.files import read_jsonl
-from vggjax.run.runs import load_run
+from vggjax.run.folder import RunDir
 from vggjax.tasks.evaluate import classification_report, evaluate_run
 from vggjax.training.steps import preprocess
-from vggjax.training.train import make_model
 
 
 def test_classification_report_by_hand():
@@ -36,7 +36,7 @@ def test_eval_counts_match_an_independent_forward_pass(tiny_run):
     report = evaluate_run(tiny_run, limit_test=300, batch_size=128, num_mistakes=8)
 
     config = TrainConfig.load(tiny_run / "config.json")
-    model = make_model(config)
+    model = from_config(config)
     variables = checkpoint.load_variables(tiny_run / "weights")
     variables = {"params": variables["params"]}  # no BatchNorm in vgg11
     test = data.load_split("test", limit=300)
@@ -74,20 +74,23 @@ def test_cli_eval_json(tiny_run, capsys):
 
 
 def test_load_run_errors(tiny_run, tmp_path, capsys):
-    with pytest.raises(CheckpointError, match="not a run folder"):
-        load_run(tmp_path)
+    with pytest.raises(CheckpointError, match="not a vggjax run folder"):
+        RunDir(tmp_path).load()
     other = tmp_path / "other"
     shutil.copytree(tiny_run, other)
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "hidden": 64}))
     with pytest.raises(
-        CheckpointError, match=r"params/fc6/bias is \(128,\) on disk but the model needs \(64,\)"
+        CheckpointError,
+        match=r"params/fc6/bias: the weights .* have shape \[128\] but the model needs \[64\]",
     ):
-        load_run(other)
+        RunDir(other).load()
     with pytest.raises(CheckpointError, match="no weights"):
-        load_run(tiny_run, tmp_path / "nope")
+        RunDir(tiny_run).load(tmp_path / "nope")
     with pytest.raises(ConfigError, match="--mistakes"):
         evaluate_run(tiny_run, num_mistakes=-1)
     assert main(["eval", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "not a run folder" in err and len(err.strip().splitlines()) == 1
+    assert (
+        err.startswith("error: ") and "not a vggjax run folder" in err and len(err.strip().splitlines()) == 1
+    )

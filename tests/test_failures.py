@@ -20,12 +20,13 @@ import pytest
 from vggjax import data
 from vggjax.cli import main
 from vggjax.config import TrainConfig
-from vggjax.run import folder as run_folder
+from vggjax.nn.vgg import from_config
 from vggjax.run.checkpoint import Position, RunCheckpoints
 from vggjax.run.files import atomic_write_text
+from vggjax.run.folder import RunDir
 from vggjax.run.weights import save_variables
 from vggjax.training.steps import create_train_state
-from vggjax.training.train import make_model, make_optimizer, model_signature
+from vggjax.training.train import make_optimizer, model_signature
 
 RUN = TrainConfig(arch="vgg11_bn", width=0.125, hidden=64, limit_train=64, limit_test=64, batch_size=16)
 
@@ -37,7 +38,7 @@ def make_run(run_dir: Path, config: TrainConfig = RUN, checkpoint_of: TrainConfi
     (run_dir / "metrics.jsonl").write_text("")
     if checkpoint_of is not None:
         state = create_train_state(
-            make_model(checkpoint_of), make_optimizer(checkpoint_of, 4), jax.random.key(0), (1, 32, 32, 1)
+            from_config(checkpoint_of), make_optimizer(checkpoint_of, 4), jax.random.key(0), (1, 32, 32, 1)
         )
         state = state.replace(step=jnp.asarray(1, jnp.int32))
         with RunCheckpoints(run_dir / "checkpoints") as ckpts:
@@ -229,7 +230,7 @@ def test_eval_with_emptied_weights_file_prints_only_the_error_line(tmp_path):
     # The final weights are read by the same orbax machinery as checkpoints, and failed
     # the same way (13 lines of "Event loop is closed" after the error line).
     out = make_run(tmp_path / "out", checkpoint_of=None)
-    state = create_train_state(make_model(RUN), make_optimizer(RUN, 4), jax.random.key(0), (1, 32, 32, 1))
+    state = create_train_state(from_config(RUN), make_optimizer(RUN, 4), jax.random.key(0), (1, 32, 32, 1))
     save_variables(out / "weights", {"params": state.params, "batch_stats": state.batch_stats})
     (out / "weights" / "manifest.ocdbt").write_bytes(b"")
     before = snapshot(out)
@@ -265,6 +266,6 @@ def test_far_too_high_lr_stops_at_first_non_finite_step(tmp_path, capsys):
 def test_overwrite_replaces_only_the_runs_own_files(tmp_path):
     out = make_run(tmp_path / "out")
     (out / "notes.txt").write_text("mine")
-    run_folder.check_new_run_dir(out, overwrite=True)
-    run_folder.prepare_run_dir(out, overwrite=True)
+    RunDir(out).check_new(overwrite=True)
+    RunDir(out).prepare(overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

@@ -12,6 +12,7 @@ from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import pretrained
 from vggjax.interop.torchfile import read_state_dict
 from vggjax.interop.torchvision import HeadShape
+from vggjax.run.folder import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_convert_writes_a_run_folder_describing_the_model(small):
     assert config["arch"] == "vgg11_bn" and config["width"] == 0.125 and config["head"] == "adaptive"
     assert (config["channels"], config["num_classes"], config["hidden"]) == (3, 20, 64)
     assert config["dataset"] == "imagenet" and config["image_size"] == 224
-    loaded, variables = pretrained.read_run(root / "run")
+    loaded, variables = RunDir(root / "run").config(), RunDir(root / "run").read_variables()
     assert loaded.num_classes == 20
     np.testing.assert_array_equal(
         variables["params"]["block1"]["conv1"]["kernel"],
@@ -107,7 +108,7 @@ def test_transfer_replaces_only_fc8_and_needs_the_adaptation_option():
 
 def test_init_from_must_keep_the_network(small):
     _, root = small
-    source, _ = pretrained.read_run(root / "run")
+    source = RunDir(root / "run").config()
     from vggjax.config import TrainConfig
 
     config = pretrained.inherit_model(TrainConfig(), source)
@@ -118,7 +119,7 @@ def test_init_from_must_keep_the_network(small):
             TrainConfig(arch="vgg16", width=0.125, head="adaptive", hidden=64), source
         )
     with pytest.raises(CheckpointError, match="not a vggjax run folder"):
-        pretrained.read_run(root)
+        RunDir(root).config()
 
 
 @pytest.mark.parametrize(

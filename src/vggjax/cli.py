@@ -15,10 +15,8 @@ import os
 import signal
 import sys
 import threading
-import time
 import typing
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from vggjax.errors import ConfigError, Interrupted, StdoutError, VggjaxError, check_positive_int
@@ -91,23 +89,13 @@ def _add_distributed_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vggjax.config import TrainConfig, get_preset
-    from vggjax.run.folder import check_new_run_dir
+    from vggjax.config import TrainConfig
+    from vggjax.run.resume import train_config
     from vggjax.training import parallel
     from vggjax.training.train import describe, train_and_evaluate
 
-    for name in ("out", "resume", "init_from", "data_dir"):
-        # an empty value (e.g. an unset shell variable) would read as no flag at all, or as "."
-        if getattr(args, name) is not None and not getattr(args, name).strip():
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"{flag} is empty; give it a folder, or drop {flag}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    preset = get_preset(args.preset) if args.preset else None
-    if args.init_from and not args.resume:
-        from vggjax.interop.pretrained import inherit_model, read_run
-
-        preset = inherit_model(preset or get_preset("default"), read_run(args.init_from)[0])
     spec = parallel.resolve_spec(
         coordinator=args.coordinator,
         num_processes=args.num_processes,
@@ -115,14 +103,16 @@ def _train(args: argparse.Namespace) -> int:
         auto=bool(args.distributed),
         timeout=args.dist_timeout,
     )
-    if spec is not None and not (args.out or args.resume):
-        raise ConfigError("a multi-process run needs --out, one folder that every process can reach")
-    if args.resume:
-        config, out = _resume_config(args, overrides, preset), args.resume
-    else:
-        config = dataclasses.replace(preset or get_preset("default"), **overrides).validate()
-        out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
-        check_new_run_dir(out, overwrite=args.overwrite)
+    config, out, notes = train_config(
+        overrides,
+        preset=args.preset,
+        resume=args.resume,
+        out=args.out,
+        overwrite=args.overwrite,
+        multi_process=spec is not None,
+    )
+    for note in notes:
+        _out(note)
     parallel.initialize(spec)  # before anything touches a device
     main = parallel.is_main_process()
     if main:
@@ -137,25 +127,6 @@ def _train(args: argparse.Namespace) -> int:
     if main:
         _out(f"test accuracy {final['val_acc']:.4f} after {final['epoch']} epochs; results in {out}")
     return 0
-
-
-def _resume_config(args: argparse.Namespace, overrides: dict, preset):
-    from vggjax.config import TrainConfig
-    from vggjax.run.folder import resume_config
-
-    if args.out and Path(args.out).absolute() != Path(args.resume).absolute():
-        raise ConfigError(f"--out {args.out} and --resume {args.resume} differ; drop --out to resume")
-    if args.overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other; choose one")
-    config = resume_config(args.resume, overrides, preset=preset)
-    saved = TrainConfig.load(Path(args.resume) / "config.json")
-    if config.epochs != saved.epochs and (config.schedule != "constant" or config.warmup_epochs):
-        _out(
-            f"note: --epochs {config.epochs} (was {saved.epochs}) recomputes the {config.schedule} "
-            "schedule and warm-up for the new length from here on",
-            flush=True,
-        )
-    return config
 
 
 def _summary_parser(sub) -> None:

@@ -10,6 +10,7 @@ trees ``{"params": ..., "batch_stats": ...}`` with paths ``block{b}/conv{i}``, `
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,56 +25,12 @@ from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import torchfile
 from vggjax.interop import torchvision as interop
-from vggjax.run import checkpoint
-from vggjax.run import folder as run_folder
-from vggjax.run.files import atomic_write_text
+from vggjax.nn.vgg import check_shapes
+from vggjax.run.folder import RunDir
 
 # Fields that define the network (and so must match the weights); the rest is training.
 MODEL_FIELDS = ("arch", "width", "head", "hidden")
 REPLACEABLE = ("fc8",)  # re-initialised when the class count differs
-
-
-def read_run(run_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
-    """Reads a run folder written by ``vggjax train`` or ``vggjax convert-torchvision``, as saved.
-
-    Unlike :func:`vggjax.run.runs.load_run` no model is rebuilt to check the weights against:
-    fine-tuning builds a different one (new fc8, other channels) and checks in :func:`transfer`.
-
-    Returns:
-      ``(config, variables)``: the run's :class:`~vggjax.config.TrainConfig` and its
-      Flax variables (numpy arrays), e.g. ``params/block1/conv1/kernel: float32[3, 3, 3, 64]``.
-
-    Raises:
-      CheckpointError: if ``run_dir`` has no ``config.json`` or ``weights/``, or they
-        cannot be read.
-    """
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise CheckpointError(
-            f"{run_dir} is not a vggjax run folder (no config.json); give a folder written by "
-            "vggjax train or vggjax convert-torchvision"
-        )
-    try:
-        config = TrainConfig.load(run_dir / "config.json")
-    except ValueError as e:
-        raise CheckpointError(f"{run_dir}/config.json: {e}") from None
-    variables = checkpoint.load_variables(run_dir / "weights")
-    return config, {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
-
-
-def save_run(
-    run_dir: str | Path, config: TrainConfig, variables: Mapping[str, Any], *, overwrite: bool
-) -> None:
-    """Writes ``config.json`` and ``weights/`` into a new (or, with ``overwrite``, reused) folder.
-
-    Raises:
-      ConfigError: if the folder holds files and ``overwrite`` is False, or cannot be created.
-    """
-    run_dir = Path(run_dir)
-    run_folder.check_new_run_dir(run_dir, overwrite=overwrite)
-    run_folder.prepare_run_dir(run_dir, overwrite=overwrite)
-    atomic_write_text(run_dir / "config.json", config.to_json() + "\n")
-    checkpoint.save_variables(run_dir / "weights", dict(variables))
 
 
 def convert_torchvision(
@@ -128,7 +85,7 @@ def convert_torchvision(
         num_classes=head.num_classes,
         dataset=dataset,
     ).validate()
-    save_run(run_dir, config, variables, overwrite=overwrite)
+    RunDir(run_dir).save(config, variables, overwrite=overwrite)
     return config
 
 
@@ -139,8 +96,9 @@ def export_torchvision(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
       The exported ``{key: array}``.
 
     Raises:
-      CheckpointError: if ``run_dir`` is not a run folder, or a ``.pth`` is asked for
-        without torch installed.
+      CheckpointError: if ``run_dir`` is not a run folder, its weights do not fit its config
+        (see :meth:`~vggjax.run.folder.RunDir.load`), or a ``.pth`` is asked for without torch
+        installed.
       ConfigError: if ``path`` is a folder or cannot be written.
     """
     path = Path(path)
@@ -148,8 +106,8 @@ def export_torchvision(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is a folder; give a file name ending in .safetensors or .pth")
     if not path.parent.is_dir():
         raise ConfigError(f"cannot write {path}: no folder {path.parent}; create it or choose another path")
-    config, variables = read_run(run_dir)
-    state = interop.to_torchvision(variables, config.resolved_arch())
+    run = RunDir(run_dir).load()
+    state = interop.to_torchvision(run.variables, run.config.resolved_arch())
     try:
         torchfile.write_state_dict(path, state)
     except OSError as e:
@@ -250,7 +208,7 @@ def transfer(
     channel counts differ and ``adapt_channels`` is set (see :func:`adapt_input_channels`).
 
     Args:
-      source: pretrained variables, e.g. from :func:`read_run`.
+      source: pretrained variables, e.g. from :meth:`vggjax.run.folder.RunDir.read_variables`.
       target: variables of the model to train (same arch), e.g. from ``model.init``.
       adapt_channels: allow a different input channel count.
       log: where notes (a replaced classifier, adapted channels) go.
@@ -260,38 +218,25 @@ def transfer(
 
     Raises:
       CheckpointError: for a channel count that differs without ``adapt_channels``
-        (naming both counts), or any other variable missing from ``source`` or of
-        another shape (naming its path and both shapes).
+        (naming both counts), or any other variable missing from ``source``, extra in it
+        or of another shape (naming its path and both shapes; see :func:`vggjax.nn.vgg.check_shapes`).
     """
     have, want = input_channels(source), input_channels(target)
     check_channels(source, want, adapt_channels=adapt_channels)
     if have != want:
         log(f"adapted the first conv from {have} to {want} input channels (timm's in_chans rule)")
         source = adapt_input_channels(source, want)
-    flat_source = dict(jax.tree_util.tree_leaves_with_path(source))
-    replaced: set[str] = set()
-
-    def pick(path, leaf):
-        name = jax.tree_util.keystr(path, simple=True, separator="/")
-        mine = flat_source.get(path)
-        if mine is not None and np.shape(mine) == np.shape(leaf):
-            return mine
-        layer = name.split("/")[1]
-        if mine is not None and layer in REPLACEABLE:
-            replaced.add(
-                f"new {layer} for {np.shape(leaf)[-1]} classes (the pretrained one has {np.shape(mine)[-1]})"
-            )
-            return leaf
-        if mine is None:
-            raise CheckpointError(f"the pretrained weights have no {name}; are they for another arch?")
-        flat = name.endswith("fc6/kernel") and np.shape(mine)[0] != np.shape(leaf)[0]
-        hint = "; with a flatten head, train at the --init-from run's --image-size" if flat else ""
-        raise CheckpointError(
-            f"{name}: the pretrained weights have shape {list(np.shape(mine))} but the model needs "
-            f"{list(np.shape(leaf))}{hint}"
-        )
-
-    out = jax.tree_util.tree_map_with_path(pick, dict(target))
-    for note in sorted(replaced):
-        log(note)
-    return out
+    params, fresh = source["params"], target["params"]
+    for layer in REPLACEABLE:
+        classes, needed = (np.shape(p[layer]["bias"])[-1] if layer in p else None for p in (params, fresh))
+        if None not in (classes, needed) and classes != needed:
+            log(f"new {layer} for {needed} classes (the pretrained one has {classes})")
+            params = {**params, layer: fresh[layer]}
+    source = {**source, "params": params}
+    fan_in = [np.shape(p["fc6"]["kernel"])[0] if "fc6" in p else None for p in (params, fresh)]
+    flat = fan_in[0] != fan_in[1]
+    hint = "; with a flatten head, train at the --init-from run's --image-size" if flat else ""
+    check_shapes(source, target, what="the pretrained weights", hint=hint)
+    name = functools.partial(jax.tree_util.keystr, simple=True, separator="/")
+    leaves = {name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(source)}
+    return jax.tree_util.tree_map_with_path(lambda path, _: leaves[name(path)], dict(target))

@@ -23,13 +23,11 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vggjax.arch import ALIASES, Arch, get_arch, layers
 from vggjax.errors import ArchError, CheckpointError
-from vggjax.nn.vgg import VGG
+from vggjax.nn.vgg import VGG, check_fits
 
 ADAPTIVE_SIDE = 7  # torchvision's AdaptiveAvgPool2d((7, 7)) before classifier.0
 FC_INDICES = {"fc6": 0, "fc7": 3, "fc8": 6}
@@ -198,7 +196,15 @@ def from_torchvision(
             leaf = {"kernel": w.T, "bias": b}
         _set(params, path, {k: np.ascontiguousarray(v) for k, v in leaf.items()})
     variables = {"params": params, "batch_stats": stats}
-    _check_against_model(variables, head.model(arch), head)
+    side = head.side * 2 ** len(arch.blocks) if head.side else arch.min_input_size
+    # guards the conversion itself: the tree must be what the model's init makes
+    check_fits(
+        head.model(arch),
+        variables,
+        (1, side, side, head.channels),
+        what="the converted variables",
+        hint="; please report this file",
+    )
     return variables, head
 
 
@@ -298,17 +304,6 @@ def _check_keys_and_shapes(state: Mapping[str, np.ndarray], arch: Arch, head: He
             raise CheckpointError(
                 f"{key}: the file has shape {list(have)} but {name} expects {list(shape)}{hint}"
             )
-
-
-def _check_against_model(variables: dict, model: VGG, head: HeadShape) -> None:
-    """Guards the conversion itself: the tree must be what the model's init makes."""
-    side = head.side * 2 ** len(model.spec.blocks) if head.side else model.spec.min_input_size
-    x = jax.ShapeDtypeStruct((1, side, side, head.channels), jnp.float32)
-    want = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
-    want = {"params": want["params"], "batch_stats": want.get("batch_stats", {})}
-    got_shapes = jax.tree.map(np.shape, variables)
-    if jax.tree.map(lambda s: tuple(s.shape), want) != got_shapes:
-        raise CheckpointError(f"converted variables do not match {model.spec}; please report this file")
 
 
 def _set(tree: dict, path: tuple[str, ...], leaf: dict) -> None:

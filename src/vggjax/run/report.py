@@ -14,11 +14,12 @@ from html import escape
 from pathlib import Path
 
 from vggjax.run.files import atomic_write_text, read_jsonl
+from vggjax.run.folder import RunDir
 
 PICTURES = (
-    ("curves.png", "Training curves"),
-    ("confusion.png", "Confusion matrix (rows normalised by true class)"),
-    ("mistakes.png", "Most confident mistakes"),
+    (RunDir.CURVES, "Training curves"),
+    (RunDir.CONFUSION, "Confusion matrix (rows normalised by true class)"),
+    (RunDir.MISTAKES, "Most confident mistakes"),
 )
 METRIC_COLUMNS = (
     "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "seconds",
@@ -43,22 +44,21 @@ def write_report(run_dir: str | Path) -> Path:
     Returns:
       The path of the report.
     """
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.path
     parts = [f"<h1>vggjax run <code>{escape(run_dir.name)}</code></h1>"]
-    config_path = run_dir / "config.json"
-    if config_path.is_file():
-        config = json.loads(config_path.read_text())
+    if run.config_file.is_file():
+        config = json.loads(run.config_file.read_text())
         parts += ["<h2>Config</h2>", _table(["setting", "value"], [[k, str(v)] for k, v in config.items()])]
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = read_jsonl(run.metrics_file)
     if records:
         columns = [c for c in METRIC_COLUMNS if any(c in r for r in records)]
         parts += [
             "<h2>Metrics per epoch</h2>",
             _table(columns, [[_metric(c, r.get(c)) for c in columns] for r in records]),
         ]
-    eval_path = run_dir / "eval.json"
-    if eval_path.is_file():
-        parts += _eval_section(json.loads(eval_path.read_text()))
+    if run.eval_file.is_file():
+        parts += _eval_section(json.loads(run.eval_file.read_text()))
     for name, caption in PICTURES:
         png = run_dir / name
         if png.is_file():
@@ -70,9 +70,8 @@ def write_report(run_dir: str | Path) -> Path:
         + "\n".join(parts)
         + "\n</body></html>\n"
     )
-    path = run_dir / "report.html"
-    atomic_write_text(path, page)
-    return path
+    atomic_write_text(run.report_file, page)
+    return run.report_file
 
 
 def _metric(column: str, value):

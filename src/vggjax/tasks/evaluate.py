@@ -1,8 +1,8 @@
 """``vggjax eval``: a trained run's loss, accuracy, per-class scores and confusion matrix.
 
 :func:`classification_report` is pure numpy on logits and labels; :func:`evaluate_run`
-loads a run (:func:`vggjax.run.runs.load_run`), scores it on the Fashion-MNIST test split and
-writes, beside the run's other files::
+loads a run (:meth:`vggjax.run.folder.RunDir.load`), scores it on the Fashion-MNIST test split
+and writes, beside the run's other files::
 
     run_dir/eval.json       the numbers (what ``--json`` prints)
     run_dir/confusion.png   the confusion matrix, each row normalised by its true class
@@ -21,9 +21,10 @@ import numpy as np
 from vggjax import data
 from vggjax.errors import ConfigError
 from vggjax.run.files import atomic_write_text
+from vggjax.run.folder import RunDir
 from vggjax.run.plots import plot_confusion, plot_mistakes
 from vggjax.run.report import write_report
-from vggjax.run.runs import load_run, predict_logits, softmax
+from vggjax.run.runs import predict_logits, softmax
 
 
 def classification_report(
@@ -87,7 +88,7 @@ def evaluate_run(
 
     Args:
       run_dir: a folder written by ``vggjax train``.
-      checkpoint_dir: weights to evaluate instead of the run's own (see ``load_run``).
+      checkpoint_dir: weights to evaluate instead of the run's own (see ``RunDir.load``).
       data_dir: Fashion-MNIST folder; defaults to the run's ``data_dir``, then the usual search.
       limit_test: score only the first N test images (default: all 10,000).
       batch_size: images per device call.
@@ -105,8 +106,9 @@ def evaluate_run(
     """
     if num_mistakes < 0:
         raise ConfigError(f"--mistakes must be >= 0, got {num_mistakes}")
-    run_dir = Path(run_dir)
-    run = load_run(run_dir, checkpoint_dir)
+    folder = RunDir(run_dir)
+    run_dir = folder.path
+    run = folder.load(checkpoint_dir)
     if run.config.dataset != "fashion-mnist":
         raise ConfigError(
             f"{run_dir} holds {run.config.dataset} weights; vggjax eval scores Fashion-MNIST runs "
@@ -117,12 +119,12 @@ def evaluate_run(
     logits = predict_logits(run, test["image"], batch_size=batch_size)
     report = classification_report(logits, test["label"])
     report = {"run": str(run_dir), "weights": str(run.weights), **report}
-    atomic_write_text(run_dir / "eval.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(folder.eval_file, json.dumps(report, indent=1) + "\n")
 
     plot_confusion(
         np.asarray(report["confusion"]),
         data.CLASS_NAMES,
-        run_dir / "confusion.png",
+        folder.confusion_file,
         title=f"{run_dir.name}: test accuracy {report['acc']:.2%} on {report['count']} images",
     )
     probs = softmax(logits)
@@ -135,7 +137,7 @@ def evaluate_run(
         pred[wrong],
         probs[wrong, pred[wrong]],
         data.CLASS_NAMES,
-        run_dir / "mistakes.png",
+        folder.mistakes_file,
         title=f"most confident mistakes: {len(wrong)} of {int((pred != test['label']).sum())}",
     )
     write_report(run_dir)

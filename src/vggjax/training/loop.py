@@ -40,6 +40,7 @@ from vggjax.config import TrainConfig
 from vggjax.errors import DivergedError, Interrupted
 from vggjax.run.checkpoint import Position, RunCheckpoints
 from vggjax.run.files import write_jsonl
+from vggjax.run.folder import RunDir
 from vggjax.run.metrics import LOG_EVERY, MetricsWriter
 from vggjax.run.plots import plot_curves
 from vggjax.training import parallel
@@ -233,9 +234,10 @@ class Trainer:
         }
         self.records.append(record)
         if self.main:
-            write_jsonl(self.run_dir / "metrics.jsonl", self.records)
+            run = RunDir(self.run_dir)
+            write_jsonl(run.metrics_file, self.records)
             self.board.epoch(record)
-            plot_curves(self.records, self.run_dir / "curves.png")
+            plot_curves(self.records, run.curves_file)
         self.log(
             f"epoch {epoch}/{self.config.epochs}: train loss {record['train_loss']:.4f}, "
             f"val loss {val['loss']:.4f}, val acc {val['acc']:.4f}, {record['seconds']:.1f} s"

@@ -1,15 +1,8 @@
 """``train_and_evaluate(config, run_dir)``: the one function that wires a run together.
 
 config → data → model → jitted steps → :class:`~vggjax.training.loop.Trainer` → metrics,
-curves, checkpoints and weights in ``run_dir``::
-
-    run_dir/config.json     the TrainConfig
-    run_dir/metrics.jsonl   one JSON line per epoch, each epoch exactly once
-    run_dir/curves.png      train loss, val loss, val accuracy against epoch
-    run_dir/checkpoints/    orbax checkpoints: the last ``keep`` and the best (see ``checkpoint``)
-    run_dir/weights/        final Flax variables (orbax)
-    run_dir/events.out.tfevents.*   TensorBoard scalars (see ``metrics_writer``)
-    run_dir/report.html     config, metrics and pictures in one page (see ``report``)
+curves, TensorBoard events, checkpoints, weights and the report in ``run_dir`` (the files
+:class:`~vggjax.run.folder.RunDir` lists).
 
 Training is data-parallel over every device (``vggjax.training.parallel``): each global batch is
 split over a ``"data"`` mesh axis and the state is replicated. In a multi-process run
@@ -34,33 +27,19 @@ from vggjax import data
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import pretrained
-from vggjax.nn.vgg import VGG
-from vggjax.run import folder as run_folder
+from vggjax.nn.vgg import from_config
 from vggjax.run import weights
 from vggjax.run.checkpoint import Position, RunCheckpoints
-from vggjax.run.files import atomic_write_text, write_jsonl
+from vggjax.run.files import write_jsonl
+from vggjax.run.folder import RunDir
 from vggjax.run.metrics import MetricsWriter
 from vggjax.run.report import write_report
 from vggjax.training import parallel
 from vggjax.training.loop import Trainer, evaluate, warn_if_stuck
 from vggjax.training.steps import TrainState, create_train_state, eval_step, train_step
 
-__all__ = ["describe", "evaluate", "make_model", "make_optimizer", "make_schedule", "train_and_evaluate"]
+__all__ = ["describe", "evaluate", "make_optimizer", "make_schedule", "train_and_evaluate"]
 _warn_if_stuck = warn_if_stuck  # its earlier name
-
-
-def make_model(config: TrainConfig, num_classes: int | None = None) -> VGG:
-    """The :class:`~vggjax.nn.vgg.VGG` a config describes (``num_classes`` overrides the config's)."""
-    return VGG(
-        config.resolved_arch(),
-        num_classes=num_classes or config.num_classes,
-        dropout_rate=config.dropout_rate,
-        head=config.head,
-        hidden=config.hidden,
-        init_scheme=config.init_scheme,
-        dtype=jnp.dtype(config.dtype),
-        impl=config.impl,
-    )
 
 
 def make_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
@@ -119,7 +98,7 @@ def train_and_evaluate(
 
     Args:
       config: the run's settings; validated first. When resuming, the run's saved
-        config (see :func:`vggjax.run.folder.resume_config`).
+        config (see :func:`vggjax.run.resume.resume_config`).
       run_dir: the run folder.
       resume: continue the run in ``run_dir`` from its newest checkpoint.
       overwrite: replace an earlier run in ``run_dir`` (only its own files are removed).
@@ -142,7 +121,8 @@ def train_and_evaluate(
       Interrupted: on SIGINT or SIGTERM, after saving a checkpoint.
     """
     config.validate()
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.path
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one")
     if config.dataset != "fashion-mnist":
@@ -150,18 +130,19 @@ def train_and_evaluate(
             f"vggjax train trains on Fashion-MNIST, but this config's dataset is {config.dataset!r}; "
             "to fine-tune converted weights pass --init-from RUN_DIR instead"
         )
-    source = pretrained.read_run(config.init_from) if config.init_from and not resume else None
-    if source:
-        pretrained.check_same_model(config, source[0])
+    source = None  # the --init-from weights, read once
+    if config.init_from and not resume:
+        pretrained.check_same_model(config, RunDir(config.init_from).config())
+        source = RunDir(config.init_from).read_variables()
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, flag="--eval-batch-size")
     main = parallel.is_main_process()
     progress, log = progress and main, log if main else (lambda s: None)
     if resume:
-        run_folder.check_resumable(run_dir)
+        run.check_resumable()
     else:
-        run_folder.check_new_run_dir(run_dir, overwrite=overwrite)
+        run.check_new(overwrite=overwrite)
     with warnings.catch_warnings(record=True) as caught:  # e.g. unverified data with odd class counts
         warnings.simplefilter("always", data.ClassCountWarning)
         train_ds, test_ds = data.load_fashion_mnist(
@@ -185,10 +166,10 @@ def train_and_evaluate(
             f"the images have {channels} channel(s) but the config says channels={config.channels}; "
             "use channels=1 for Fashion-MNIST (--adapt-channels adapts 3-channel --init-from weights)"
         )
-    if source:
-        pretrained.check_channels(source[1], channels, adapt_channels=config.adapt_channels)
+    if source is not None:
+        pretrained.check_channels(source, channels, adapt_channels=config.adapt_channels)
     steps_per_epoch = data.num_batches(n_train, config.batch_size, drop_remainder=True)
-    model = make_model(config)
+    model = from_config(config)
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     init = functools.partial(
         create_train_state,
@@ -197,13 +178,13 @@ def train_and_evaluate(
         input_shape=(1, config.image_size, config.image_size, channels),
     )
     rep, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    if source:
+    if source is not None:
         init = functools.partial(_init_from, init, adapt_channels=config.adapt_channels, log=log)
-        state = jax.jit(init, out_shardings=rep)(init_rng, source[1])
+        state = jax.jit(init, out_shardings=rep)(init_rng, source)
         log(f"initialised from {config.init_from}")
     else:
         state = jax.jit(init, out_shardings=rep)(init_rng)
-    signature, checkpoints = model_signature(config), run_dir / run_folder.CHECKPOINTS
+    signature, checkpoints = model_signature(config), run.checkpoints_dir
     start, partial, records, resume_step = Position(1, 0), [], [], None
     if resume:
         with RunCheckpoints(checkpoints, keep=config.keep) as ckpts:
@@ -218,9 +199,9 @@ def train_and_evaluate(
     parallel.sync("run folder checked")  # every process checks before any writes
     if main:
         if not resume:
-            run_folder.prepare_run_dir(run_dir, overwrite=overwrite)
-        atomic_write_text(run_dir / "config.json", config.to_json() + "\n")
-        write_jsonl(run_dir / "metrics.jsonl", records)
+            run.prepare(overwrite=overwrite)
+        run.write_config(config)
+        write_jsonl(run.metrics_file, records)
     parallel.sync("run folder ready")
     board = MetricsWriter(run_dir, config.to_json(), active=main, resume_step=resume_step)
     train_fn = jax.jit(
@@ -252,7 +233,7 @@ def train_and_evaluate(
         )
         state = trainer.fit(state, start, partial)
         best = ckpts.best_step()
-    weights.save_variables(run_dir / "weights", {"params": state.params, "batch_stats": state.batch_stats})
+    weights.save_variables(run.weights_dir, {"params": state.params, "batch_stats": state.batch_stats})
     if main:
         write_report(run_dir)
     if jax.process_count() > 1:

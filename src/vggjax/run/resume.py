@@ -1,0 +1,125 @@
+"""The config ``vggjax train`` runs with: a preset and flags, an ``--init-from`` run's network, or a
+resumed run's saved config.
+
+:func:`train_config` is the whole of that merge, so the command line only parses flags and
+calls it. Like :class:`~vggjax.run.folder.RunDir`'s checks it writes nothing, and it reads an
+``--init-from`` run's ``config.json`` only (its weights are read once, by training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from vggjax.config import TrainConfig, flag_name, get_preset
+from vggjax.errors import ConfigError
+from vggjax.interop.pretrained import inherit_model
+from vggjax.run.folder import RunDir
+
+# Settings that may change when a run is resumed: they do not change the trajectory
+# so far. A longer --epochs trains on; the cosine schedule (or warm-up) is then
+# recomputed for the new total, so only a constant schedule equals a straight run.
+CHANGEABLE_ON_RESUME = ("epochs", "checkpoint_every", "keep")
+
+
+def train_config(
+    overrides: Mapping[str, Any],
+    *,
+    preset: str | None = None,
+    resume: str | None = None,
+    out: str | None = None,
+    overwrite: bool = False,
+    multi_process: bool = False,
+) -> tuple[TrainConfig, str, list[str]]:
+    """The config, run folder and notes of a ``vggjax train`` command, checked before anything runs.
+
+    A new run is ``preset`` (``"default"`` if None) with ``overrides`` on top; with an
+    ``init_from`` override, the network fields (arch, width, head, hidden) come from that
+    run's ``config.json`` instead of the preset. A resumed run is the saved config, which
+    flags given again must agree with (see :func:`resume_config`).
+
+    Args:
+      overrides: config fields given on the command line, e.g. ``{"lr": 0.1, "init_from": "runs/a"}``.
+      preset: the ``--preset`` name.
+      resume: the ``--resume`` folder.
+      out: the ``--out`` folder (a new run's default is ``runs/<timestamp>``).
+      overwrite: ``--overwrite``: a new run may replace an earlier one in ``out``.
+      multi_process: the run spans several processes, which need one folder named by ``--out``.
+
+    Returns:
+      ``(config, out, notes)``: the validated config, the run folder, and lines to print
+      (a resumed run's schedule change).
+
+    Raises:
+      ConfigError: for an empty folder flag, an unknown preset, an invalid setting, an
+        ``out`` that may not be written, ``resume`` with ``overwrite`` or another ``out``,
+        or a flag that disagrees with the resumed run's saved config.
+      ArchError: for an invalid arch or width.
+      CheckpointError: if ``init_from`` is not a run folder, or ``resume`` is not a resumable run.
+    """
+    folders = {"out": out, "resume": resume, **{k: overrides.get(k) for k in ("init_from", "data_dir")}}
+    for name, value in folders.items():
+        # an empty value (e.g. an unset shell variable) would read as no flag at all, or as "."
+        if value is not None and not str(value).strip():
+            flag = f"--{flag_name(name)}"
+            raise ConfigError(f"{flag} is empty; give it a folder, or drop {flag}")
+    base = get_preset(preset) if preset else None
+    if overrides.get("init_from") and not resume:
+        base = inherit_model(base or get_preset("default"), RunDir(overrides["init_from"]).config())
+    if multi_process and not (out or resume):
+        raise ConfigError("a multi-process run needs --out, one folder that every process can reach")
+    if resume:
+        if out and Path(out).absolute() != Path(resume).absolute():
+            raise ConfigError(f"--out {out} and --resume {resume} differ; drop --out to resume")
+        if overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; choose one")
+        config, notes = resume_config(resume, overrides, preset=base)
+        return config, resume, notes
+    config = dataclasses.replace(base or get_preset("default"), **overrides).validate()
+    out = out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+    RunDir(out).check_new(overwrite=overwrite)
+    return config, out, []
+
+
+def resume_config(
+    run_dir: str | Path, overrides: Mapping[str, Any], *, preset: TrainConfig | None = None
+) -> tuple[TrainConfig, list[str]]:
+    """The config to resume ``run_dir`` with: the saved one, checked against flags given again.
+
+    Args:
+      run_dir: the run folder.
+      overrides: config fields given on the command line.
+      preset: the preset named on the command line, if any; all its fields are then
+        compared as if given.
+
+    Returns:
+      ``(config, notes)``: the saved config with any of :data:`CHANGEABLE_ON_RESUME` taken
+      from ``overrides``, and a note when a new ``epochs`` recomputes the LR schedule.
+
+    Raises:
+      CheckpointError: if ``run_dir`` is not a resumable run (see :meth:`RunDir.check_resumable`).
+      ConfigError: if a flag disagrees with the saved config, naming both values.
+    """
+    run = RunDir(run_dir)
+    run.check_resumable()
+    saved = TrainConfig.load(run.config_file)
+    given = {**(dataclasses.asdict(preset) if preset else {}), **overrides}
+    for name, value in given.items():
+        if name in CHANGEABLE_ON_RESUME or value == getattr(saved, name):
+            continue
+        raise ConfigError(
+            f"--{flag_name(name)} {value!r} disagrees with the run's saved {name} = {getattr(saved, name)!r} "
+            f"({run.config_file}); drop the flag to resume, or start a new run with another --out"
+        )
+    changes = {name: overrides[name] for name in CHANGEABLE_ON_RESUME if name in overrides}
+    config = dataclasses.replace(saved, **changes).validate()
+    notes = []
+    if config.epochs != saved.epochs and (config.schedule != "constant" or config.warmup_epochs):
+        notes.append(
+            f"note: --epochs {config.epochs} (was {saved.epochs}) recomputes the {config.schedule} "
+            "schedule and warm-up for the new length from here on"
+        )
+    return config, notes
