@@ -1,22 +1,25 @@
 """VGG architectures as data, and what follows from the arch alone (pure Python, no JAX).
 
-:mod:`~vggjax.arch.spec` holds the blocks, names, paper configurations and layer list;
+:mod:`~vggjax.arch.spec` holds the blocks, names, paper configurations and layer list
+(head included, with torchvision's module names);
 :mod:`~vggjax.arch.summary` the per-layer shapes, parameters and MACs;
 :mod:`~vggjax.arch.receptive_field` the receptive fields. Importing any of them never
 loads JAX, so ``vggjax summary`` and ``vggjax receptive-field`` start at once.
 """
 
 from vggjax.arch.spec import (
+    ADAPTIVE_SIDE,
     ALIASES,
     D2L_THIN,
-    HEAD_LAYERS,
     PAPER_CONFIGS,
     Arch,
     Block,
     Layer,
+    block_layers,
     blocks_from_tuple,
     feature_names,
     get_arch,
+    head_layers,
     is_layer_name,
     layers,
     names,
@@ -26,14 +29,16 @@ from vggjax.arch.spec import (
 __all__ = [
     "ALIASES",
     "D2L_THIN",
-    "HEAD_LAYERS",
+    "ADAPTIVE_SIDE",
     "PAPER_CONFIGS",
     "Arch",
     "Block",
     "Layer",
+    "block_layers",
     "blocks_from_tuple",
     "feature_names",
     "get_arch",
+    "head_layers",
     "is_layer_name",
     "layers",
     "names",
