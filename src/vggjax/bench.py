@@ -34,7 +34,8 @@ from vggjax import data
 from vggjax.arch import get_arch
 from vggjax.arch.summary import summarize, totals
 from vggjax.errors import ConfigError, check_positive_int
-from vggjax.nn.vgg import VGG, resolve_impl
+from vggjax.nn.impl import resolve_impl
+from vggjax.nn.vgg import VGG
 from vggjax.training.steps import create_train_state, preprocess, train_step
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
