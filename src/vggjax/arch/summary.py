@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from vggjax.arch.spec import ADAPTIVE_SIDE, Arch, layers
+from vggjax.arch.layout import ADAPTIVE_SIDE, layers
+from vggjax.arch.spec import Arch
 from vggjax.errors import ArchError, check_positive_int
 
 

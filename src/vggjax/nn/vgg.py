@@ -1,14 +1,10 @@
-"""VGG networks in flax.linen, built from an :class:`~vggjax.arch.Arch`.
+"""VGG networks in flax.linen, built from an :class:`~vggjax.arch.Arch`; images NHWC ``float32[N, H, W, C]``.
 
-Layout (the d2l chapter's, with the VGG paper's layer names): blocks ``block1`` …
-``block5``, each ``conv{i}`` [→ ``bn{i}``] → ReLU repeated, then a 2×2 stride-2
-max-pool; then the head ``fc6`` (4096) → ReLU → Dropout → ``fc7`` (4096) → ReLU →
-Dropout → ``fc8`` (classes). Parameter paths are therefore ``block{b}/conv{i}``,
-``block{b}/bn{i}``, ``fc6``, ``fc7``, ``fc8``; weight import keys on them. The layers
-and their order come from :func:`vggjax.arch.block_layers` and
-:func:`vggjax.arch.head_layers`, which the summary and torchvision import read too.
-
-Images are NHWC: ``float32[N, H, W, C]``.
+Blocks ``block1`` … ``block5``, each ``conv{i}`` [→ ``bn{i}``] → ReLU repeated, then a
+2×2 stride-2 max-pool; then the head ``fc6`` → ReLU → Dropout → ``fc7`` → ReLU → Dropout
+→ ``fc8``. Parameter paths ``block{b}/conv{i}``, ``block{b}/bn{i}``, ``fc6``, ``fc7``,
+``fc8`` are what weight import keys on. The layers, their order and names come from
+:mod:`vggjax.arch.layout`, which the summary and torchvision import read too.
 """
 
 from __future__ import annotations
@@ -22,41 +18,12 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vggjax.arch import ADAPTIVE_SIDE, Arch, Block, Layer, block_layers, feature_names, get_arch, head_layers
-from vggjax.config import INITS
 from vggjax.errors import ArchError
 from vggjax.nn.impl import layer_ops
+from vggjax.nn.init import initializers
 from vggjax.nn.ops import adaptive_avg_pool, local_response_norm
 
 Stage = tuple[str, Callable[[jax.Array], jax.Array]]
-
-
-def initializers(scheme: str) -> dict[str, Any]:
-    """Kernel initialisers for ``conv``, ``dense`` (fc6, fc7) and ``logits`` (fc8) layers.
-
-    Biases are always zero. Schemes:
-      ``"he"`` (default): He et al. 2015, normal with variance 2 / fan_in for convs,
-        fc6 and fc7, which keeps activations at unit scale through the ReLUs, so the
-        d2l chapter's plain SGD (lr 0.01) trains every depth; fc8 is normal with std
-        0.01 so the step-0 loss is ln(num_classes).
-      ``"torchvision"``: torchvision's VGG: conv normal with variance 2 / fan_out,
-        dense normal with std 0.01.
-      ``"lecun"``: Flax's default, normal with variance 1 / fan_in.
-
-    Raises:
-      ArchError: for an unknown scheme.
-    """
-    vs = nn.initializers.variance_scaling
-    if scheme == "he":
-        conv = dense = vs(2.0, "fan_in", "normal")
-        logits = nn.initializers.normal(0.01)
-    elif scheme == "torchvision":
-        conv, dense = vs(2.0, "fan_out", "normal"), nn.initializers.normal(0.01)
-        logits = dense
-    elif scheme == "lecun":
-        conv = dense = logits = nn.initializers.lecun_normal()
-    else:
-        raise ArchError(f"unknown init {scheme!r}; use one of {', '.join(INITS)}")
-    return {"conv": conv, "dense": dense, "logits": logits}
 
 
 class VGGBlock(nn.Module):
@@ -67,7 +34,7 @@ class VGGBlock(nn.Module):
       kernels: kernel side of each conv (pixels).
       batch_norm: insert BatchNorm (momentum 0.9, eps 1e-5: torchvision's numerics).
       lrn: local response normalisation after the first conv's ReLU.
-      init_scheme: initialiser scheme, see :func:`initializers`.
+      init_scheme: initialiser scheme, see :func:`vggjax.nn.init.initializers`.
       dtype: computation dtype (params stay float32).
       impl: ``"xla"``, ``"cpu_fast"`` or ``"auto"``, see :mod:`vggjax.nn.impl`.
       number: the block's number ``b`` (from 1) in its layer names ``conv{b}_{i}`` ….
@@ -113,16 +80,9 @@ class VGGBlock(nn.Module):
         stages: list[Stage] = []
         for layer in block_layers(block, self.number, batch_norm=self.batch_norm, lrn=self.lrn):
             if layer.kind == "conv":
+                conv = functools.partial(nn.Conv, kernel_init=kernel_init, dtype=self.dtype, **ops["conv"])
                 k = layer.kernel
-                stage = nn.Conv(
-                    layer.channels,
-                    (k, k),
-                    padding=layer.padding,
-                    kernel_init=kernel_init,
-                    dtype=self.dtype,
-                    name=layer.path[-1],
-                    **ops["conv"],
-                )
+                stage = conv(layer.channels, (k, k), padding=layer.padding, name=layer.path[-1])
             elif layer.kind == "bn":
                 bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=layer.path[-1])
                 stage = functools.partial(bn, use_running_average=not train)
@@ -166,13 +126,11 @@ class VGG(nn.Module):
       pooling: with ``head=None``: ``"avg"`` or ``"max"`` global pooling to
         ``[N, C]``, or ``None`` to return the last map ``[N, h, w, C]`` (Keras' convention).
       hidden: width of ``fc6`` and ``fc7`` (4096 in the paper).
-      init_scheme: initialiser scheme, see :func:`initializers`.
+      init_scheme: initialiser scheme, see :func:`vggjax.nn.init.initializers`.
       dtype: computation dtype; params are float32 whatever it is.
-      impl: how convs, dense layers and pools are computed, with identical parameters
-        and (to float rounding) identical outputs and gradients (:mod:`vggjax.nn.impl`):
-        ``"xla"``, Flax's own ops, the reference; ``"cpu_fast"``, :mod:`vggjax.nn.fastops`,
-        faster on XLA:CPU (README, "Speed"); ``"auto"`` (default), ``"cpu_fast"`` on a CPU
-        backend and ``"xla"`` on GPU/TPU.
+      impl: how convs, dense layers and pools are computed (same parameters, outputs and
+        gradients to float rounding): ``"xla"``, Flax's own ops; ``"cpu_fast"``,
+        :mod:`vggjax.nn.fastops`; ``"auto"`` (default) picks per backend (:mod:`vggjax.nn.impl`).
 
     ``model.apply(variables, x, train=...)`` with ``x`` of ``float32[N, H, W, C]`` in
     [0, 1] (or normalised, for ImageNet weights) returns logits ``float32[N, num_classes]``.
@@ -198,10 +156,8 @@ class VGG(nn.Module):
 
     def __post_init__(self) -> None:
         if not isinstance(self.arch, Arch):
-            raise ArchError(
-                f"VGG needs an Arch, got {self.arch!r}; use build_model({self.arch!r}) "
-                "or VGG(vggjax.arch.get_arch(...))"
-            )
+            hint = f"use build_model({self.arch!r}) or VGG(vggjax.arch.get_arch(...))"
+            raise ArchError(f"VGG needs an Arch, got {self.arch!r}; {hint}")
         super().__post_init__()
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -237,9 +193,7 @@ class VGG(nn.Module):
         """
         valid = feature_names(self.arch, head=self.head is not None)
         if isinstance(layers, str) or not layers:
-            raise ArchError(
-                f"taps must be a non-empty list of layer names, e.g. ('relu1_2',), got {layers!r}"
-            )
+            raise ArchError(f"taps must be a non-empty list of layer names, e.g. ['relu1_2'], got {layers!r}")
         unknown = [name for name in layers if name not in valid]
         if unknown:
             raise ArchError(f"unknown layer name(s) {unknown} for this VGG; use any of: {', '.join(valid)}")
@@ -249,9 +203,8 @@ class VGG(nn.Module):
     @nn.compact
     def _run(self, x: jax.Array, *, train: bool, taps: set[str] | None) -> Any:
         """The forward pass: the output with ``taps=None``, else the dict of the tapped activations."""
-        head = head_layers(
-            self.arch, head=self.head, pooling=self.pooling, hidden=self.hidden, num_classes=self.num_classes
-        )
+        sizes = {"pooling": self.pooling, "hidden": self.hidden, "num_classes": self.num_classes}
+        head = head_layers(self.arch, head=self.head, **sizes)
         check_input(self.arch, x.shape)
         x = x.astype(self.dtype)
         found: dict[str, jax.Array] = {}
@@ -283,14 +236,9 @@ class VGG(nn.Module):
     def _head_stage(self, layer: Layer, head: list[Layer], train: bool) -> Callable[[jax.Array], jax.Array]:
         """The callable of one head layer; fc8 (the last) gets the logits initialiser."""
         if layer.kind == "dense":
-            inits = initializers(self.init_scheme)
-            return nn.Dense(
-                layer.channels,
-                kernel_init=inits["logits" if layer is head[-1] else "dense"],
-                dtype=self.dtype,
-                name=layer.name,
-                **layer_ops(self.impl)["dense"],
-            )
+            init = initializers(self.init_scheme)["logits" if layer is head[-1] else "dense"]
+            dense = functools.partial(nn.Dense, dtype=self.dtype, **layer_ops(self.impl)["dense"])
+            return dense(layer.channels, kernel_init=init, name=layer.name)
         if layer.kind == "dropout":
             return nn.Dropout(self.dropout_rate, deterministic=not train)
         if layer.kind == "flatten":
@@ -336,11 +284,7 @@ def check_input(arch: Arch, shape: Sequence[int]) -> None:
 
 
 def build_model(
-    arch: str | Sequence | Arch = "vgg11",
-    *,
-    width: float = 1.0,
-    batch_norm: bool | None = None,
-    **kwargs: Any,
+    arch: str | Sequence | Arch = "vgg11", *, width: float = 1.0, batch_norm: bool | None = None, **kwargs
 ) -> VGG:
     """A :class:`VGG` from a name or literal, with a width multiplier.
 
