@@ -98,16 +98,12 @@ def torch_runner(kind, arch, channels, classes, size, batch):
 
 def jax_runner(kind, arch_name, width, channels, classes, size, batch):
     from vggjax.bench import BenchConfig, InferenceRunner, TrainRunner
+    from vggjax.config import TrainConfig
 
-    config = BenchConfig(
-        arch=arch_name,
-        width=width,
-        image_size=size,
-        channels=channels,
-        batch_size=batch,
-        num_classes=classes,
-        source_size=size,
-    ).validate()
+    train = TrainConfig(
+        arch=arch_name, width=width, image_size=size, channels=channels, batch_size=batch, num_classes=classes
+    )
+    config = BenchConfig(train=train, source_size=size).validate()
     return (TrainRunner if kind == "train" else InferenceRunner)(config)
 
 

@@ -3,7 +3,18 @@ import sys
 
 import pytest
 
-from vggjax.arch import D2L_THIN, Arch, Block, get_arch, is_layer_name, layers, names, scale_width
+from vggjax.arch import (
+    D2L_THIN,
+    Arch,
+    Block,
+    feature_names,
+    get_arch,
+    head_layers,
+    is_layer_name,
+    layers,
+    names,
+    scale_width,
+)
 from vggjax.errors import ArchError
 
 
@@ -94,3 +105,60 @@ def test_arch_summary_receptive_field_and_their_cli_never_load_jax():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_layers_carry_torchvisions_feature_indices():
+    # torchvision's vgg16 / vgg16_bn `features` Sequentials: conv and pool positions.
+    def where(name, kind):
+        return [int(x.torchvision.split(".")[1]) for x in layers(get_arch(name)) if x.kind == kind]
+
+    assert where("vgg16", "conv") == [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
+    assert where("vgg16", "pool") == [4, 9, 16, 23, 30]
+    assert where("vgg16_bn", "conv") == [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40]
+    assert where("vgg16_bn", "bn") == [1, 4, 8, 11, 15, 18, 21, 25, 28, 31, 35, 38, 41]
+    assert where("vgg16_bn", "pool") == [6, 13, 23, 33, 43]
+    lrn = layers(get_arch("A-LRN"))  # torchvision has no LRN module
+    assert [(x.name, x.torchvision) for x in lrn[:4]] == [
+        ("conv1_1", "features.0"),
+        ("relu1_1", "features.1"),
+        ("lrn", None),
+        ("pool1", "features.2"),
+    ]
+    bn = {x.name: x.path for x in layers(get_arch("vgg16_bn"))}
+    assert bn["conv3_2"] == ("block3", "conv2") and bn["bn5_3"] == ("block5", "bn3") and bn["relu1_1"] == ()
+
+
+def test_head_layers_are_torchvisions_classifier():
+    arch = get_arch("vgg16")
+    head = layers(arch, head="adaptive", hidden=4096, num_classes=1000)[-9:]
+    assert [(x.name, x.kind, x.channels, x.torchvision) for x in head] == [
+        ("avgpool", "avgpool", 512, "avgpool"),
+        ("flatten", "flatten", 512, None),
+        ("fc6", "dense", 4096, "classifier.0"),
+        ("relu6", "relu", 4096, "classifier.1"),
+        ("dropout6", "dropout", 4096, "classifier.2"),
+        ("fc7", "dense", 4096, "classifier.3"),
+        ("relu7", "relu", 4096, "classifier.4"),
+        ("dropout7", "dropout", 4096, "classifier.5"),
+        ("fc8", "dense", 1000, "classifier.6"),
+    ]
+    assert [x.path for x in head if x.kind == "dense"] == [("fc6",), ("fc7",), ("fc8",)]
+    flatten = head_layers(arch, head="flatten", hidden=64, num_classes=10)
+    assert [x.name for x in flatten][:2] == ["flatten", "fc6"] and flatten[-1].channels == 10
+    assert head_layers(arch, head=None) == [] and layers(arch)[-1].name == "pool5"
+    assert [x.name for x in head_layers(arch, head=None, pooling="max")] == ["global_maxpool"]
+    names_ = feature_names(arch)
+    assert names_[-6:] == ["pool5", "fc6", "relu6", "fc7", "relu7", "fc8"]
+    assert feature_names(arch, head=False)[-1] == "pool5"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"head": "dense"}, "unknown head 'dense'"),
+        ({"head": None, "pooling": "sum"}, "unknown pooling 'sum'"),
+    ],
+)
+def test_unknown_head_or_pooling(kwargs, message):
+    with pytest.raises(ArchError, match=message):
+        layers(get_arch("vgg11"), **kwargs)

@@ -10,7 +10,8 @@ from jax import lax
 
 from vggjax.errors import ArchError
 from vggjax.nn import fastops
-from vggjax.nn.vgg import build_model, resolve_impl
+from vggjax.nn.impl import resolve_impl
+from vggjax.nn.vgg import build_model
 
 
 def _grads(model, variables, x, labels):

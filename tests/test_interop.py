@@ -26,24 +26,31 @@ def numpy_state(module):
 
 
 def torch_taps(module, arch, x_nchw):
-    """PyTorch activations by VGG layer name (conv1_1 … pool5, fc6 … fc8); maps as NHWC."""
-    out, h = {}, torch.from_numpy(x_nchw)
+    """PyTorch activations by VGG layer name (conv1_1 … pool5, fc6 … fc8); maps as NHWC.
+
+    Each layer's torch module is looked up by the torchvision name vggjax gives it, and
+    every leaf module of the torch model must be visited once.
+    """
+    out, h, visited = {}, torch.from_numpy(x_nchw), []
     with torch.no_grad():
-        for layer, torch_layer in zip(layers(arch), module.features, strict=True):
-            h = torch_layer(h)
-            out[layer.name] = h.permute(0, 2, 3, 1).numpy().copy()  # copy: the next ReLU is in-place
-        h = torch.flatten(module.avgpool(h), 1)
-        names = ["fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
-        for name, torch_layer in zip(names, module.classifier, strict=True):
-            h = torch_layer(h)
-            out[name] = h.numpy().copy()
+        for layer in layers(arch, head="adaptive"):
+            if layer.torchvision is None:
+                assert layer.kind == "flatten"
+                h = torch.flatten(h, 1)
+            else:
+                h = module.get_submodule(layer.torchvision)(h)
+                visited.append(layer.torchvision)
+            # copy: the next ReLU is in-place
+            out[layer.name] = (h.permute(0, 2, 3, 1) if h.ndim == 4 else h).numpy().copy()
+    leaves = [name for name, m in module.named_modules() if not list(m.children())]
+    assert visited == leaves
     return out
 
 
 def assert_parity(module, model, variables, size, taps, batch=1, seed=0):
     """Logits (fc8) and the named features ``taps`` equal PyTorch's within TOL."""
     x = np.random.default_rng(seed).standard_normal((batch, 3, size, size), np.float32)
-    ref = torch_taps(module, model.spec, x)
+    ref = torch_taps(module, model.arch, x)
     got = features(model, variables, x.transpose(0, 2, 3, 1), (*taps, "fc8"))
     assert got["fc8"].shape == ref["fc8"].shape == (batch, 1000)
     diff = float(np.abs(got["fc8"] - ref["fc8"]).max())

@@ -121,3 +121,24 @@ def test_init_schemes_differ_and_unknown_is_clear():
     assert abs(float(jnp.std(k["he"])) - (2 / k["he"].shape[0]) ** 0.5) < 0.01
     with pytest.raises(ArchError, match="unknown init"):
         build_model("vgg11", width=0.125, init_scheme="xavier").init(jax.random.key(0), x)
+
+
+def test_arch_must_be_an_arch():
+    # VGG.arch is typed Arch: names and literals are resolved by build_model / get_arch first.
+    with pytest.raises(ArchError, match=r"VGG needs an Arch, got 'vgg11'; use build_model\('vgg11'\)"):
+        VGG("vgg11")
+    with pytest.raises(ArchError, match="VGG needs an Arch"):
+        VGG(((1, 8), (1, 16)))
+    assert build_model("vgg11").arch == get_arch("vgg11")
+
+
+def test_call_returns_logits_and_features_is_its_own_method():
+    model = build_model("vgg11", width=0.125, hidden=16)
+    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
+    variables = model.init(jax.random.key(0), x)
+    logits = model.apply(variables, x)
+    got = model.apply(variables, x, ("fc8", "pool5"), method=VGG.features)
+    assert list(got) == ["fc8", "pool5"] and got["pool5"].shape == (2, 1, 1, 64)
+    np.testing.assert_allclose(got["fc8"], logits, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="taps"):
+        model.apply(variables, x, taps=("fc8",))

@@ -111,7 +111,7 @@ def test_real_model_conv_layers_match_exactly():
     # Only block1's parameters are needed; a one-block VGG has the same paths.
     model = VGG(get_arch("vgg16", width=0.125), head=None)
     x = jax.random.uniform(jax.random.key(1), (1, 32, 32, 1), minval=0.1)
-    variables = positive_variables(VGG(((2, 8),), head=None), x)
+    variables = positive_variables(VGG(get_arch(((2, 8),)), head=None), x)
     fields = by_name("vgg16")
     for name in ("conv1_1", "relu1_2"):
         grad = jax.jit(

@@ -1,18 +1,23 @@
 """Throughput of a VGG's train step and inference, its FLOP rate and share of the device's peak.
 
-What is timed is what ``vggjax train`` runs: :func:`vggjax.training.steps.train_step` under
-``jax.jit`` with the state donated, SGD with momentum 0.9 and weight decay 5e-4 (the
-default config's optimizer), batches cut by :func:`vggjax.data.batches` from uint8
-images and scaled (and resized, if ``source_size`` differs) inside the step. Inference
-is the jitted forward pass in eval mode on the same batches.
+What is timed is what ``vggjax train`` runs, built by the same function
+(:func:`vggjax.training.train.build_step`) from a :class:`~vggjax.config.TrainConfig`:
+its model, optimizer (schedule, momentum, weight decay), initial state and dropout key,
+and :func:`vggjax.training.steps.train_step` jitted with the state replicated and
+donated and each batch split over every device. Batches are cut from uint8 images as
+training cuts them (:func:`vggjax.data.batches`, the config's seed) and put on the
+devices with :func:`vggjax.training.parallel.shard_batch`; scaling (and resizing, if
+``source_size`` differs) happens inside the step. Inference is train's jitted
+evaluation step (the forward pass in eval mode, plus its loss and accuracy sums) on
+the same kind of batches.
 
 Every figure is the median of ``repeats`` timed runs of ``steps`` calls each, after a
 first call that compiles. FLOPs come from the closed-form MAC count of
 :func:`vggjax.arch.summary.summarize` (2 FLOPs per MAC): a forward pass costs ``2·MACs``
 per image and a train step about ``3 × 2·MACs`` (forward, input gradient, weight
 gradient; element-wise ops, pools and the optimizer not counted). The peak is a
-measured ``jnp.dot`` of two 2048×2048 matrices in the same dtype (best of 10 runs), not
-a datasheet figure.
+measured ``jnp.dot`` of two 2048×2048 matrices in the same dtype (best of 10 runs) on
+one device, times the number of devices; not a datasheet figure.
 """
 
 from __future__ import annotations
@@ -28,92 +33,60 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from vggjax import data
-from vggjax.arch import get_arch
 from vggjax.arch.summary import summarize, totals
+from vggjax.config import TrainConfig
 from vggjax.errors import ConfigError, check_positive_int
-from vggjax.nn.vgg import VGG, resolve_impl
-from vggjax.training.steps import create_train_state, preprocess, train_step
+from vggjax.nn.impl import resolve_impl
+from vggjax.training import parallel
+from vggjax.training.train import Steps, build_step
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MODES = ("train", "inference")
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + input gradient + weight gradient
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-    """What to measure.
+    """What to measure: a training config, and the bench's own knobs.
 
     Attributes:
-      arch: arch name or literal (see :func:`vggjax.arch.get_arch`).
-      width: width multiplier on every block's channels.
-      image_size: model input side in pixels.
-      channels: input channels (1 for Fashion-MNIST, 3 for ImageNet).
-      batch_size: images per step.
-      dtype: ``"float32"`` or ``"bfloat16"`` (compute dtype; params stay float32).
-      impl: ``"auto"``, ``"xla"`` or ``"cpu_fast"`` (see :class:`vggjax.nn.vgg.VGG`).
-      hidden: width of fc6 and fc7.
-      num_classes: outputs of fc8.
-      head: ``"flatten"`` or ``"adaptive"``.
+      train: the run whose step is timed: its model (arch, width, head, hidden, channels,
+        classes, init), ``impl``, ``dtype``, ``image_size``, ``batch_size``, optimizer and
+        ``seed`` are used; its data and checkpoint fields are not.
       source_size: side of the uint8 images fed to the step (28 is Fashion-MNIST's;
-        the step resizes them to ``image_size`` as in training).
+        the step resizes them to ``train.image_size`` as in training).
       steps: calls per timed run.
       repeats: timed runs; figures are their median.
+      only: ``"train"`` or ``"inference"`` to measure one of the two; None for both.
     """
 
-    arch: str = "vgg11"
-    width: float = 0.25
-    image_size: int = 32
-    channels: int = 1
-    batch_size: int = 128
-    dtype: str = "float32"
-    impl: str = "auto"
-    hidden: int = 4096
-    num_classes: int = 10
-    head: str = "flatten"
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     source_size: int = 28
     steps: int = 3
     repeats: int = 5
+    only: str | None = None
 
     def validate(self) -> BenchConfig:
         """Checks the settings; returns self.
 
         Raises:
-          ConfigError: for a non-positive count or an unknown dtype.
-          ArchError: for an invalid arch, width, impl or too small an image size.
+          ConfigError: for an invalid training config (see :meth:`TrainConfig.validate`),
+            a non-positive count, or an unknown ``only``.
+          ArchError: for an invalid arch or width.
         """
-        for name in ("image_size", "channels", "batch_size", "hidden", "num_classes", "source_size", "steps"):
+        self.train.validate()
+        for name in ("source_size", "steps", "repeats"):
             check_positive_int(getattr(self, name), f"--{name.replace('_', '-')}")
-        check_positive_int(self.repeats, "--repeats")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        resolve_impl(self.impl)
-        summarize(get_arch(self.arch, width=self.width), input_size=self.image_size)
+        if self.only is not None and self.only not in MODES:
+            raise ConfigError(f"--only must be one of {', '.join(MODES)}, got {self.only!r}")
         return self
-
-    def model(self) -> VGG:
-        """The :class:`~vggjax.nn.vgg.VGG` measured."""
-        return VGG(
-            get_arch(self.arch, width=self.width),
-            num_classes=self.num_classes,
-            head=self.head,
-            hidden=self.hidden,
-            dtype=DTYPES[self.dtype],
-            impl=self.impl,
-        )
 
     def forward_macs(self) -> int:
         """Multiply-accumulates of one forward pass of one image."""
-        rows = summarize(
-            get_arch(self.arch, width=self.width),
-            input_size=self.image_size,
-            channels=self.channels,
-            num_classes=self.num_classes,
-            head=self.head,
-            hidden=self.hidden,
-        )
-        return totals(rows)["total_macs"]
+        c = self.train
+        sizes = {"channels": c.channels, "num_classes": c.num_classes, "head": c.head, "hidden": c.hidden}
+        return totals(summarize(c.resolved_arch(), input_size=c.image_size, **sizes))["total_macs"]
 
 
 def rates(run: Callable[[], Any], *, items: int, repeats: int) -> list[float]:
@@ -137,7 +110,7 @@ def matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 10) -> flo
     The best of ``repeats`` runs, not the median: a peak is what the device can do, and
     a run slowed by another process must not make the model look faster than the peak.
     """
-    a = jax.random.normal(jax.random.key(0), (n, n), DTYPES[dtype])
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
     f = jax.jit(jnp.dot)
     f(a, a).block_until_ready()
     return max(rates(lambda: f(a, a).block_until_ready(), items=2 * n**3, repeats=repeats)) / 1e9
@@ -146,81 +119,105 @@ def matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 10) -> flo
 def synthetic_images(config: BenchConfig, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     """``{"image": uint8[n, S, S, C], "label": int32[n]}``, ``S = source_size``, uniform noise."""
     rng = np.random.default_rng(seed)
-    shape = (n, config.source_size, config.source_size, config.channels)
+    shape = (n, config.source_size, config.source_size, config.train.channels)
     return {
         "image": rng.integers(0, 256, shape, dtype=np.uint8),
-        "label": rng.integers(0, config.num_classes, n).astype(np.int32),
+        "label": rng.integers(0, config.train.num_classes, n).astype(np.int32),
     }
 
 
+def build(config: BenchConfig, steps_per_epoch: int) -> Steps:
+    """``build_step`` of ``config.train`` on a mesh over every device, as ``vggjax train`` builds it.
+
+    Raises:
+      ConfigError: if the batch size does not split over the devices.
+    """
+    mesh = parallel.data_mesh()
+    parallel.check_batch_size(config.train.batch_size, mesh)
+    return build_step(config.train, mesh, steps_per_epoch)
+
+
 class TrainRunner:
-    """A compiled train step and its batches: ``runner(n)`` runs ``n`` steps and blocks.
+    """Train's compiled step and its batches: ``runner(n)`` runs ``n`` steps and blocks.
+
+    Args:
+      config: what to measure.
+      images: ``{"image": uint8[N, H, W, C], "label": int32[N]}`` to cut batches from, as
+        training cuts them (shuffled by the config's seed and the epoch, the remainder
+        dropped); default four batches of :func:`synthetic_images`. The schedule spans
+        ``train.epochs`` passes over them, as it would in training.
 
     Attributes:
+      state: the :class:`~vggjax.training.steps.TrainState`, replaced (donated) by each step.
       compile_seconds: time to trace and compile the step.
-      data_seconds: total host time spent drawing batches so far.
+      data_seconds: host time spent cutting batches and putting them on the devices so far.
+
+    Raises:
+      ConfigError: if the batch size does not split over the devices.
     """
 
-    def __init__(self, config: BenchConfig, *, lr: float = 0.01):
-        model = config.model()
-        tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(lr, momentum=0.9))
-        shape = (1, config.image_size, config.image_size, config.channels)
-        self.state = create_train_state(model, tx, jax.random.key(0), shape)
-        self.rng = jax.random.key(1)
-        self.config = config
-        self.ds = synthetic_images(config, 4 * config.batch_size)
-        self.epoch = 0
-        self.batches = iter(())
-        self.data_seconds = 0.0
-        step = jax.jit(functools.partial(train_step, image_size=config.image_size), donate_argnums=0)
+    def __init__(self, config: BenchConfig, images: dict[str, np.ndarray] | None = None):
+        self.config, size = config, config.train.batch_size
+        self.images = synthetic_images(config, 4 * size) if images is None else images
+        self.built = build(config, data.num_batches(len(self.images["label"]), size, drop_remainder=True))
+        self.state = self.built.init_state()
+        self.epoch, self.batches, self.data_seconds = 0, iter(()), 0.0
         start = time.perf_counter()
-        self.step = step.lower(self.state, self._next_batch(), self.rng).compile()
+        lowered = self.built.train_fn.lower(self.state, self.next_batch(), self.built.dropout_rng)
+        self.step = lowered.compile()
         self.compile_seconds = time.perf_counter() - start
-        self.data_seconds = 0.0
+        self.epoch, self.batches, self.data_seconds = 0, iter(()), 0.0  # step 1 takes batch 1, as in train
 
-    def _next_batch(self) -> dict[str, np.ndarray]:
+    def next_batch(self) -> dict[str, jax.Array]:
+        """The next training batch, split over the mesh (``parallel.shard_batch``)."""
         start = time.perf_counter()
         batch = next(self.batches, None)
         if batch is None:
-            self.epoch += 1
-            self.batches = data.batches(
-                self.ds, self.config.batch_size, shuffle=True, epoch=self.epoch, drop_remainder=True
-            )
+            self.epoch, c = self.epoch + 1, self.config.train
+            cut = {"shuffle": True, "seed": c.seed, "epoch": self.epoch, "drop_remainder": True}
+            self.batches = data.batches(self.images, c.batch_size, **cut)  # as Trainer.train_epoch does
             batch = next(self.batches)
+        batch = parallel.shard_batch(batch, self.built.batch_sharding)
         self.data_seconds += time.perf_counter() - start
         return batch
 
     def __call__(self, n: int) -> None:
         for _ in range(n):
-            self.state, metrics = self.step(self.state, self._next_batch(), self.rng)
+            self.state, metrics = self.step(self.state, self.next_batch(), self.built.dropout_rng)
         jax.block_until_ready((self.state, metrics))
 
 
 class InferenceRunner:
-    """The compiled eval-mode forward pass: ``runner(n)`` runs ``n`` batches and blocks."""
+    """Train's compiled evaluation step on one batch: ``runner(n)`` runs it ``n`` times and blocks.
+
+    Attributes:
+      compile_seconds: time to trace and compile the step.
+      data_seconds: 0: the one batch is put on the devices before the timing.
+
+    Raises:
+      ConfigError: if the batch size does not split over the devices.
+    """
+
+    data_seconds = 0.0
 
     def __init__(self, config: BenchConfig):
-        model = config.model()
-        shape = (1, config.image_size, config.image_size, config.channels)
-        self.variables = model.init(jax.random.key(0), jnp.zeros(shape), train=False)
-        self.batch = synthetic_images(config, config.batch_size)["image"]
-
-        def predict(variables, images):
-            return model.apply(variables, preprocess(images, config.image_size), train=False)
-
+        built = build(config, steps_per_epoch=1)
+        self.state = built.init_state()
+        images = synthetic_images(config, config.train.batch_size)
+        self.batch = parallel.shard_batch(images, built.batch_sharding)
         start = time.perf_counter()
-        self.predict = jax.jit(predict).lower(self.variables, self.batch).compile()
+        self.evaluate = built.eval_fn.lower(self.state, self.batch).compile()
         self.compile_seconds = time.perf_counter() - start
 
     def __call__(self, n: int) -> None:
         for _ in range(n):
-            logits = self.predict(self.variables, self.batch)
-        logits.block_until_ready()
+            sums = self.evaluate(self.state, self.batch)
+        jax.block_until_ready(sums)
 
 
 def peak_memory_bytes() -> dict[str, int]:
-    """``{"host_maxrss": …}`` (``getrusage``; Linux reports KiB) plus ``device_peak`` where the
-    backend reports ``memory_stats()`` (GPU/TPU)."""
+    """``{"host_maxrss": …}`` (``getrusage``; Linux reports KiB) plus ``device_peak`` of the
+    first device where the backend reports ``memory_stats()`` (GPU/TPU)."""
     out = {"host_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
@@ -228,63 +225,58 @@ def peak_memory_bytes() -> dict[str, int]:
     return out
 
 
-def run_bench(config: BenchConfig, *, train: bool = True, inference: bool = True) -> dict[str, Any]:
+def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Measures ``config``; returns a JSON-ready dict (see :func:`format_report` for the fields).
 
     Raises:
-      ConfigError, ArchError: for invalid settings (see :meth:`BenchConfig.validate`).
+      ConfigError, ArchError: for invalid settings (see :meth:`BenchConfig.validate`), or
+        a batch size that does not split over the devices.
     """
     config.validate()
-    peak = matmul_peak(dtype=config.dtype)
+    c = config.train
+    devices = jax.device_count()
+    peak = matmul_peak(dtype=c.dtype)
     flops = 2 * config.forward_macs()
     report: dict[str, Any] = {
         "config": dataclasses.asdict(config),
-        "impl": resolve_impl(config.impl),
+        "impl": resolve_impl(c.impl),
         "device": str(jax.devices()[0].device_kind),
+        "devices": devices,
         "backend": jax.default_backend(),
         "forward_gflop_per_image": flops / 1e9,
         "matmul_peak_gflops": peak,
     }
-    items = config.batch_size * config.steps
-    if train:
-        runner = TrainRunner(config)
+    runners = {"train": (TrainRunner, TRAIN_FLOPS_PER_FORWARD), "inference": (InferenceRunner, 1)}
+    for mode, (make, factor) in runners.items():
+        if config.only not in (None, mode):
+            continue
+        runner = make(config)
         runner(1)
-        runner.data_seconds = 0.0
-        start = time.perf_counter()
-        rate = median_rate(lambda: runner(config.steps), items=items, repeats=config.repeats)
-        total = time.perf_counter() - start
-        gflops = rate * TRAIN_FLOPS_PER_FORWARD * flops / 1e9
-        report["train"] = {
+        runner.data_seconds, start = 0.0, time.perf_counter()
+        run = functools.partial(runner, config.steps)
+        rate = median_rate(run, items=c.batch_size * config.steps, repeats=config.repeats)
+        gflops = rate * factor * flops / 1e9
+        report[mode] = {
             "images_per_s": rate,
             "compile_s": runner.compile_seconds,
             "gflops": gflops,
-            "peak_fraction": gflops / peak,
-            "data_time_share": runner.data_seconds / total,
+            "peak_fraction": gflops / (peak * devices),
         }
-    if inference:
-        runner = InferenceRunner(config)
-        runner(1)
-        rate = median_rate(lambda: runner(config.steps), items=items, repeats=config.repeats)
-        gflops = rate * flops / 1e9
-        report["inference"] = {
-            "images_per_s": rate,
-            "compile_s": runner.compile_seconds,
-            "gflops": gflops,
-            "peak_fraction": gflops / peak,
-        }
+        if mode == "train":
+            report[mode]["data_time_share"] = runner.data_seconds / (time.perf_counter() - start)
     report["memory"] = peak_memory_bytes()
     return report
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as the lines ``vggjax bench`` prints."""
-    c = report["config"]
+    c = report["config"]["train"]
     lines = [
         f"{c['arch']} width {c['width']} at {c['image_size']}x{c['image_size']}x{c['channels']}, "
         f"batch {c['batch_size']}, {c['dtype']}, impl {report['impl']} on {report['backend']} "
-        f"({report['device']})",
+        f"({report['devices']} x {report['device']})",
         f"forward {report['forward_gflop_per_image']:.3f} GFLOP/image; measured matmul peak "
-        f"{report['matmul_peak_gflops']:.1f} GFLOP/s",
+        f"{report['matmul_peak_gflops']:.1f} GFLOP/s per device",
     ]
     for mode in ("train", "inference"):
         if mode in report:

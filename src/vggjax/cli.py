@@ -386,10 +386,12 @@ def _bench(args: argparse.Namespace) -> int:
     import json
 
     from vggjax.bench import BenchConfig, format_report, run_bench
+    from vggjax.config import TrainConfig
 
-    fields = {f.name for f in dataclasses.fields(BenchConfig)}
-    config = BenchConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    report = run_bench(config, train=args.only != "inference", inference=args.only != "train")
+    given = vars(args)
+    train = {f.name: given[f.name] for f in dataclasses.fields(TrainConfig) if f.name in given}
+    own = {f.name: given[f.name] for f in dataclasses.fields(BenchConfig) if f.name in given}
+    report = run_bench(BenchConfig(**own, train=TrainConfig(**train)))
     _out(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

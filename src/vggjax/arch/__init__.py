@@ -1,24 +1,29 @@
 """VGG architectures as data, and what follows from the arch alone (pure Python, no JAX).
 
-:mod:`~vggjax.arch.spec` holds the blocks, names, paper configurations and layer list;
+:mod:`~vggjax.arch.spec` holds the blocks, names and paper configurations;
+:mod:`~vggjax.arch.layout` the layer list (head included, with torchvision's module names);
 :mod:`~vggjax.arch.summary` the per-layer shapes, parameters and MACs;
 :mod:`~vggjax.arch.receptive_field` the receptive fields. Importing any of them never
 loads JAX, so ``vggjax summary`` and ``vggjax receptive-field`` start at once.
 """
 
+from vggjax.arch.layout import (
+    ADAPTIVE_SIDE,
+    Layer,
+    block_layers,
+    feature_names,
+    head_layers,
+    is_layer_name,
+    layers,
+)
 from vggjax.arch.spec import (
     ALIASES,
     D2L_THIN,
-    HEAD_LAYERS,
     PAPER_CONFIGS,
     Arch,
     Block,
-    Layer,
     blocks_from_tuple,
-    feature_names,
     get_arch,
-    is_layer_name,
-    layers,
     names,
     scale_width,
 )
@@ -26,14 +31,16 @@ from vggjax.arch.spec import (
 __all__ = [
     "ALIASES",
     "D2L_THIN",
-    "HEAD_LAYERS",
+    "ADAPTIVE_SIDE",
     "PAPER_CONFIGS",
     "Arch",
     "Block",
     "Layer",
+    "block_layers",
     "blocks_from_tuple",
     "feature_names",
     "get_arch",
+    "head_layers",
     "is_layer_name",
     "layers",
     "names",

@@ -26,7 +26,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from vggjax.arch.spec import Arch, layers
+from vggjax.arch.layout import layers
+from vggjax.arch.spec import Arch
 
 
 @dataclasses.dataclass(frozen=True)

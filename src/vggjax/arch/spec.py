@@ -14,7 +14,7 @@ Both forms print and parse as Python literals, e.g. on the command line::
     --arch "((1,64),(1,128),(3,256,(3,3,1)),(3,512,(3,3,1)),(3,512,(3,3,1)))"
 
 This module knows nothing of JAX; models, summaries and receptive fields derive from
-the specs defined here.
+the specs defined here (through the layer list of :mod:`vggjax.arch.layout`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
-import re
 from collections.abc import Sequence
 
 from vggjax.errors import ArchError
@@ -218,65 +217,3 @@ def _named(name: str) -> Arch:
         f"unknown arch {name!r}; use one of {', '.join(names())} "
         'or a literal such as "((1,16),(1,32),(2,64),(2,128),(2,128))"'
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class Layer:
-    """One layer of the feature extractor, as the receptive-field and summary code see it.
-
-    Attributes:
-      kind: ``"conv"``, ``"bn"``, ``"relu"``, ``"lrn"`` or ``"pool"``.
-      name: the VGG name: ``conv{b}_{i}``, ``bn{b}_{i}``, ``relu{b}_{i}``, ``lrn``,
-        ``pool{b}`` (b = block, i = conv in the block, both from 1).
-      block: the block number, from 1.
-      kernel: kernel side in pixels (1 for point-wise layers).
-      stride: stride in pixels.
-      padding: zero padding on each side in pixels.
-      channels: output channels.
-    """
-
-    kind: str
-    name: str
-    block: int
-    kernel: int
-    stride: int
-    padding: int
-    channels: int
-
-
-def layers(arch: Arch) -> list[Layer]:
-    """The feature extractor's layers in order: conv, [bn], relu, [lrn], …, pool per block."""
-    out: list[Layer] = []
-    for b, block in enumerate(arch.blocks, 1):
-        for i, k in enumerate(block.kernels, 1):
-            c = block.channels
-            out.append(Layer("conv", f"conv{b}_{i}", b, k, 1, k // 2, c))
-            if arch.batch_norm:
-                out.append(Layer("bn", f"bn{b}_{i}", b, 1, 1, 0, c))
-            out.append(Layer("relu", f"relu{b}_{i}", b, 1, 1, 0, c))
-            if arch.lrn and b == 1 and i == 1:
-                out.append(Layer("lrn", "lrn", b, 1, 1, 0, c))
-        out.append(Layer("pool", f"pool{b}", b, 2, 2, 0, block.channels))
-    return out
-
-
-# The dense head's layers, named as in the VGG authors' Caffe models.
-HEAD_LAYERS = ("fc6", "relu6", "fc7", "relu7", "fc8")
-
-
-def feature_names(arch: Arch, *, head: bool = True) -> list[str]:
-    """Every layer name a feature tap can ask for, input to output.
-
-    ``conv{b}_{i}``, [``bn{b}_{i}``], ``relu{b}_{i}``, [``lrn``], …, ``pool{b}`` per
-    block (see :func:`layers`), then with a head ``fc6``, ``relu6``, ``fc7``,
-    ``relu7``, ``fc8``.
-    """
-    return [layer.name for layer in layers(arch)] + (list(HEAD_LAYERS) if head else [])
-
-
-_NAME = re.compile(r"^(conv|relu|bn)(\d+)_(\d+)$|^pool(\d+)$|^fc[678]$|^relu[67]$|^lrn$")
-
-
-def is_layer_name(name: str) -> bool:
-    """Whether ``name`` has the form of a VGG layer name (``conv3_2``, ``pool4``, ``fc7``)."""
-    return bool(_NAME.match(name))

@@ -14,10 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from vggjax.arch.spec import Arch, layers
+from vggjax.arch.layout import ADAPTIVE_SIDE, layers
+from vggjax.arch.spec import Arch
 from vggjax.errors import ArchError, check_positive_int
-
-ADAPTIVE_SIZE = 7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,14 +58,15 @@ def summarize(
       input_size: input side in pixels, or ``(H, W)``.
       channels: input channels (1 for Fashion-MNIST, 3 for ImageNet).
       num_classes: outputs of ``fc8``.
-      head: ``"flatten"``, ``"adaptive"`` or ``None`` (see ``models.VGG``).
+      head: ``"flatten"``, ``"adaptive"`` or ``None`` (see :func:`vggjax.arch.head_layers`).
       pooling: with ``head=None``: ``"avg"``, ``"max"`` or ``None``.
       hidden: width of ``fc6`` and ``fc7``.
       batch: the leading dimension of every output shape, and the MAC multiplier.
       detail: one row per conv, BatchNorm, ReLU, LRN and pool instead of one per block.
 
     Raises:
-      ArchError: if the input is smaller than the arch's minimum size.
+      ArchError: if the input is smaller than the arch's minimum size, or for an unknown
+        head or pooling.
       ConfigError: if ``channels``, ``num_classes``, ``hidden`` or ``batch`` is not a positive integer.
     """
     for flag, value in (
@@ -83,9 +83,10 @@ def summarize(
             f"use at least {arch.min_input_size}x{arch.min_input_size}"
         )
     rows: list[Row] = []
-    c = channels
+    c, features = channels, 0  # features: the width of the flattened map and the dense layers
     block_params = block_macs = 0
-    for layer in layers(arch):
+    every = layers(arch, head=head, pooling=pooling, hidden=hidden, num_classes=num_classes)
+    for layer in every:
         params = macs = 0
         if layer.kind == "conv":
             params = layer.kernel**2 * c * layer.channels + layer.channels
@@ -95,6 +96,17 @@ def summarize(
             params = 2 * c
         elif layer.kind == "pool":
             h, w = h // 2, w // 2
+        elif layer.kind == "avgpool":
+            h = w = ADAPTIVE_SIDE
+        elif layer.kind == "flatten":
+            features = h * w * c
+        elif layer.kind == "dense":
+            params, macs = features * layer.channels + layer.channels, batch * features * layer.channels
+            features = layer.channels
+        if layer.block == 0:  # the head: one row per layer
+            shape = {"avgpool": (batch, h, w, c), "globalpool": (batch, c)}.get(layer.kind, (batch, features))
+            rows.append(Row(layer.name, layer.kind, shape, params, macs))
+            continue
         block_params += params
         block_macs += macs
         if detail:
@@ -103,30 +115,6 @@ def summarize(
             rows.append(Row(f"block{layer.block}", "block", (batch, h, w, c), block_params, block_macs))
         if layer.kind == "pool":
             block_params = block_macs = 0
-    rows += _head_rows(
-        h, w, c, head=head, pooling=pooling, hidden=hidden, num_classes=num_classes, batch=batch
-    )
-    return rows
-
-
-def _head_rows(h, w, c, *, head, pooling, hidden, num_classes, batch) -> list[Row]:
-    if head is None:
-        if pooling is None:
-            return []
-        return [Row(f"global_{pooling}pool", "globalpool", (batch, c), 0, 0)]
-    rows = []
-    if head == "adaptive":
-        h = w = ADAPTIVE_SIZE
-        rows.append(Row("avgpool", "avgpool", (batch, h, w, c), 0, 0))
-    features = h * w * c
-    rows.append(Row("flatten", "flatten", (batch, features), 0, 0))
-    for name, out in (("fc6", hidden), ("fc7", hidden), ("fc8", num_classes)):
-        rows.append(Row(name, "dense", (batch, out), features * out + out, batch * features * out))
-        features = out
-        if name != "fc8":
-            n = name[2:]
-            rows.append(Row(f"relu{n}", "relu", (batch, out), 0, 0))
-            rows.append(Row(f"dropout{n}", "dropout", (batch, out), 0, 0))
     return rows
 
 

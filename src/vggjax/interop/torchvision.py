@@ -4,9 +4,9 @@ torchvision's VGG (``torchvision/models/vgg.py``) is ``features`` (a ``Sequentia
 ``Conv2d`` [, ``BatchNorm2d``], ``ReLU`` per conv and a ``MaxPool2d`` per block, so the
 index ``N`` of ``features.N`` counts every one of them), ``avgpool``
 (``AdaptiveAvgPool2d(7)``) and ``classifier`` (``Linear``, ``ReLU``, ``Dropout`` twice,
-then ``Linear``: ``classifier.0/3/6`` are vggjax's ``fc6/fc7/fc8``). vggjax derives the
-same indices from :func:`vggjax.arch.layers`, so any arch tuple and width maps, not only
-the named ones.
+then ``Linear``: ``classifier.0/3/6`` are vggjax's ``fc6/fc7/fc8``). Every
+:class:`vggjax.arch.Layer` carries its torchvision name, so any arch tuple and width
+maps, not only the named ones.
 
 Conversions (PyTorch → Flax):
   conv ``weight[O, I, kh, kw]`` → ``kernel[kh, kw, I, O]``; linear ``weight[O, I]`` →
@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from vggjax.arch import ALIASES, Arch, get_arch, layers
+from vggjax.arch import ADAPTIVE_SIDE, ALIASES, Arch, Layer, get_arch, layers
 from vggjax.errors import ArchError, CheckpointError
 from vggjax.nn.vgg import VGG, check_fits
 
-ADAPTIVE_SIDE = 7  # torchvision's AdaptiveAvgPool2d((7, 7)) before classifier.0
-FC_INDICES = {"fc6": 0, "fc7": 3, "fc8": 6}
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 
 
@@ -68,43 +66,36 @@ class HeadShape:
         )
 
 
-def torchvision_layout(arch: Arch) -> Iterator[tuple[str, tuple[str, ...], str, int, int]]:
-    """torchvision module names for an arch's weighted layers, in order.
+def torchvision_layout(arch: Arch, *, hidden: int = 4096, num_classes: int = 1000) -> list[Layer]:
+    """The weighted layers (conv, BatchNorm, dense) of ``arch`` with torchvision's head, in order.
 
-    Yields:
-      ``(torch_prefix, vggjax_path, kind, channels, kernel)``, e.g.
-      ``("features.1", ("block1", "bn1"), "bn", 64, 1)`` or
-      ``("classifier.0", ("fc6",), "dense", 0, 0)``.
+    Each :class:`~vggjax.arch.Layer` has its torchvision module name (``layer.torchvision``,
+    e.g. ``"features.1"``, ``"classifier.0"``) and its vggjax parameter path
+    (``layer.path``, e.g. ``("block1", "bn1")``, ``("fc6",)``).
 
     Raises:
       ArchError: for the paper's A-LRN, which torchvision has no layout for.
     """
     if arch.lrn:
         raise ArchError("torchvision has no LRN layer, so A-LRN has no torchvision layout; use vgg11")
-    for index, layer in enumerate(layers(arch)):
-        if layer.kind in ("conv", "bn"):
-            b, i = layer.name[len(layer.kind) :].split("_")
-            path = (f"block{b}", f"{layer.kind}{i}")
-            yield f"features.{index}", path, layer.kind, layer.channels, layer.kernel
-    for name, index in FC_INDICES.items():
-        yield f"classifier.{index}", (name,), "dense", 0, 0
+    every = layers(arch, head="adaptive", hidden=hidden, num_classes=num_classes)
+    return [layer for layer in every if layer.kind in ("conv", "bn", "dense")]
 
 
 def expected_shapes(arch: Arch, head: HeadShape) -> dict[str, tuple[int, ...]]:
     """Every key of the torchvision state_dict for ``arch`` and ``head``, with its shape."""
     out: dict[str, tuple[int, ...]] = {}
-    c_in = head.channels
-    for prefix, _, kind, c, k in torchvision_layout(arch):
-        if kind == "conv":
+    c_in, fan_in = head.channels, arch.out_channels * (head.side or 0) ** 2
+    for layer in torchvision_layout(arch, hidden=head.hidden or 1, num_classes=head.num_classes or 1):
+        prefix, c, k = layer.torchvision, layer.channels, layer.kernel
+        if layer.kind == "conv":
             out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (c, c_in, k, k), (c,)
             c_in = c
-        elif kind == "bn":
+        elif layer.kind == "bn":
             out.update({f"{prefix}.{key}": (c,) for key in BN_KEYS})
         elif head.hidden is not None:
-            index = int(prefix.split(".")[1])
-            fan_in = {0: arch.out_channels * (head.side or 0) ** 2, 3: head.hidden, 6: head.hidden}[index]
-            fan_out = head.num_classes if index == 6 else head.hidden
-            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (fan_out, fan_in), (fan_out,)
+            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (c, fan_in), (c,)
+            fan_in = c
     return out
 
 
@@ -180,7 +171,8 @@ def from_torchvision(
     _check_keys_and_shapes(state, arch, head)
     params: dict[str, Any] = {}
     stats: dict[str, Any] = {}
-    for prefix, path, kind, _, _ in torchvision_layout(arch):
+    for layer in torchvision_layout(arch):
+        prefix, path, kind = layer.torchvision, layer.path, layer.kind
         if kind == "dense" and head.hidden is None:
             continue
         w, b = (np.asarray(state[f"{prefix}.{key}"], np.float32) for key in ("weight", "bias"))
@@ -222,7 +214,8 @@ def to_torchvision(variables: Mapping[str, Any], arch: str | Arch) -> dict[str, 
     arch = get_arch(arch)
     params, stats = variables["params"], variables.get("batch_stats", {})
     out: dict[str, np.ndarray] = {}
-    for prefix, path, kind, _, _ in torchvision_layout(arch):
+    for layer in torchvision_layout(arch):
+        prefix, path, kind = layer.torchvision, layer.path, layer.kind
         try:
             leaf = _get(params, path)
         except KeyError:

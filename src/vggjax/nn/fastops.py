@@ -20,8 +20,8 @@ XLA:CPU runs well:
 
 They plug into flax.linen through ``nn.Conv(conv_general_dilated=...)`` and
 ``nn.Dense(dot_general=...)`` (:func:`conv_general_dilated`, :func:`dot_general`), so
-parameters, names and initialisers stay those of the plain model. ``models.VGG``
-selects them with its ``impl`` switch.
+parameters, names and initialisers stay those of the plain model. :mod:`vggjax.nn.impl`
+selects them for ``VGG``'s ``impl`` switch.
 """
 
 from __future__ import annotations

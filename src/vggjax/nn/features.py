@@ -39,6 +39,7 @@ def features(
 ) -> dict[str, jax.Array]:
     """The activations of ``layers`` for input ``x``, in evaluation mode.
 
+    ``model.apply(variables, x, layers, method=VGG.features)`` with the names checked.
     Works under ``jax.jit`` (``layers`` must be static, e.g. closed over).
 
     Args:
@@ -58,7 +59,8 @@ def features(
       ArchError: for a name the model does not have (the message lists the valid
         ones), an empty list, or an input the model cannot take.
     """
-    return model.apply(variables, x, taps=layers if isinstance(layers, str) else tuple(layers))
+    names = layers if isinstance(layers, str) else tuple(layers)  # a str is refused by VGG.features
+    return model.apply(variables, x, names, method=VGG.features)
 
 
 def gram_matrix(x: jax.Array) -> jax.Array:

@@ -9,13 +9,15 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from vggjax.arch import ADAPTIVE_SIDE
+
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2×2 max-pool with stride 2 (VALID): ``[N, H, W, C]`` → ``[N, H//2, W//2, C]``."""
     return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
-def adaptive_avg_pool(x: jax.Array, size: int = 7) -> jax.Array:
+def adaptive_avg_pool(x: jax.Array, size: int = ADAPTIVE_SIDE) -> jax.Array:
     """torchvision's ``AdaptiveAvgPool2d(size)``: ``[N, H, W, C]`` → ``[N, size, size, C]``.
 
     Output cell ``i`` averages input rows ``floor(i·H/size)`` to ``ceil((i+1)·H/size)``

@@ -1,12 +1,10 @@
-"""VGG networks in flax.linen, built from an :class:`~vggjax.arch.Arch`.
+"""VGG networks in flax.linen, built from an :class:`~vggjax.arch.Arch`; images NHWC ``float32[N, H, W, C]``.
 
-Layout (the d2l chapter's, with the VGG paper's layer names): blocks ``block1`` …
-``block5``, each ``conv{i}`` [→ ``bn{i}``] → ReLU repeated, then a 2×2 stride-2
-max-pool; then the head ``fc6`` (4096) → ReLU → Dropout → ``fc7`` (4096) → ReLU →
-Dropout → ``fc8`` (classes). Parameter paths are therefore ``block{b}/conv{i}``,
-``block{b}/bn{i}``, ``fc6``, ``fc7``, ``fc8``; weight import keys on them.
-
-Images are NHWC: ``float32[N, H, W, C]``.
+Blocks ``block1`` … ``block5``, each ``conv{i}`` [→ ``bn{i}``] → ReLU repeated, then a
+2×2 stride-2 max-pool; then the head ``fc6`` → ReLU → Dropout → ``fc7`` → ReLU → Dropout
+→ ``fc8``. Parameter paths ``block{b}/conv{i}``, ``block{b}/bn{i}``, ``fc6``, ``fc7``,
+``fc8`` are what weight import keys on. The layers, their order and names come from
+:mod:`vggjax.arch.layout`, which the summary and torchvision import read too.
 """
 
 from __future__ import annotations
@@ -20,73 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from vggjax.arch import Arch, feature_names, get_arch
-from vggjax.config import IMPLS, INITS, TrainConfig
+from vggjax.arch import ADAPTIVE_SIDE, Arch, Block, Layer, block_layers, feature_names, get_arch, head_layers
+from vggjax.config import TrainConfig
 from vggjax.errors import ArchError, CheckpointError
-from vggjax.nn.ops import adaptive_avg_pool, local_response_norm, max_pool_2x2
+from vggjax.nn.impl import layer_ops
+from vggjax.nn.init import initializers
+from vggjax.nn.ops import adaptive_avg_pool, local_response_norm
 
-
-def resolve_impl(impl: str) -> str:
-    """``"auto"`` → ``"cpu_fast"`` on a CPU backend, ``"xla"`` elsewhere; others unchanged.
-
-    Raises:
-      ArchError: for an unknown implementation.
-    """
-    if impl not in IMPLS:
-        raise ArchError(f"unknown impl {impl!r}; use one of {', '.join(IMPLS)}")
-    if impl == "auto":
-        return "cpu_fast" if jax.default_backend() == "cpu" else "xla"
-    return impl
-
-
-def layer_ops(impl: str) -> dict[str, Any]:
-    """The conv, dense and pool functions of an implementation (see :class:`VGG`'s ``impl``).
-
-    ``"xla"`` is the reference: Flax's defaults (``lax.conv_general_dilated``,
-    ``lax.dot_general``, ``nn.max_pool``). ``"cpu_fast"`` swaps in
-    :mod:`vggjax.nn.fastops`: same numbers and gradients, faster on XLA:CPU.
-
-    Raises:
-      ArchError: for an unknown implementation.
-    """
-    if resolve_impl(impl) == "xla":
-        return {"conv": {}, "dense": {}, "pool": max_pool_2x2}
-    from vggjax.nn import fastops
-
-    return {
-        "conv": {"conv_general_dilated": fastops.conv_general_dilated},
-        "dense": {"dot_general": fastops.dot_general},
-        "pool": fastops.max_pool_2x2,
-    }
-
-
-def initializers(scheme: str) -> dict[str, Any]:
-    """Kernel initialisers for ``conv``, ``dense`` (fc6, fc7) and ``logits`` (fc8) layers.
-
-    Biases are always zero. Schemes:
-      ``"he"`` (default): He et al. 2015, normal with variance 2 / fan_in for convs,
-        fc6 and fc7, which keeps activations at unit scale through the ReLUs, so the
-        d2l chapter's plain SGD (lr 0.01) trains every depth; fc8 is normal with std
-        0.01 so the step-0 loss is ln(num_classes).
-      ``"torchvision"``: torchvision's VGG: conv normal with variance 2 / fan_out,
-        dense normal with std 0.01.
-      ``"lecun"``: Flax's default, normal with variance 1 / fan_in.
-
-    Raises:
-      ArchError: for an unknown scheme.
-    """
-    vs = nn.initializers.variance_scaling
-    if scheme == "he":
-        conv = dense = vs(2.0, "fan_in", "normal")
-        logits = nn.initializers.normal(0.01)
-    elif scheme == "torchvision":
-        conv, dense = vs(2.0, "fan_out", "normal"), nn.initializers.normal(0.01)
-        logits = dense
-    elif scheme == "lecun":
-        conv = dense = logits = nn.initializers.lecun_normal()
-    else:
-        raise ArchError(f"unknown init {scheme!r}; use one of {', '.join(INITS)}")
-    return {"conv": conv, "dense": dense, "logits": logits}
+Stage = tuple[str, Callable[[jax.Array], jax.Array]]
 
 
 class VGGBlock(nn.Module):
@@ -97,9 +36,9 @@ class VGGBlock(nn.Module):
       kernels: kernel side of each conv (pixels).
       batch_norm: insert BatchNorm (momentum 0.9, eps 1e-5: torchvision's numerics).
       lrn: local response normalisation after the first conv's ReLU.
-      init_scheme: initialiser scheme, see :func:`initializers`.
+      init_scheme: initialiser scheme, see :func:`vggjax.nn.init.initializers`.
       dtype: computation dtype (params stay float32).
-      impl: ``"xla"``, ``"cpu_fast"`` or ``"auto"``, see :class:`VGG`.
+      impl: ``"xla"``, ``"cpu_fast"`` or ``"auto"``, see :mod:`vggjax.nn.impl`.
       number: the block's number ``b`` (from 1) in its layer names ``conv{b}_{i}`` ….
 
     Input ``float32[N, H, W, C_in]``, output ``[N, H//2, W//2, channels]``.
@@ -114,57 +53,55 @@ class VGGBlock(nn.Module):
     impl: str = "xla"
     number: int = 1
 
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """The pooled map ``[N, H//2, W//2, channels]`` of ``x``: ``float32[N, H, W, C_in]``.
+
+        ``train``: BatchNorm uses batch statistics (and needs ``mutable=["batch_stats"]``).
+        """
+        return self.run(x, train=train)[0]
+
     @nn.compact
-    def __call__(
+    def run(
         self, x: jax.Array, *, train: bool = False, taps: Collection[str] | None = None
-    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
-        """Runs the block; with ``taps``, also returns the named activations asked for.
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Runs the block's layers in order, keeping the activations named in ``taps``.
 
         Args:
           x: ``float32[N, H, W, C_in]``.
-          train: BatchNorm uses batch statistics (and needs ``mutable=["batch_stats"]``).
+          train: BatchNorm uses batch statistics.
           taps: layer names (``conv{b}_{i}``, ``bn{b}_{i}``, ``relu{b}_{i}``, ``lrn``,
-            ``pool{b}``) to return; names of other blocks are ignored.
+            ``pool{b}``); names of other blocks are ignored.
 
         Returns:
-          The pooled map; with ``taps``, ``(last, found)``: ``found`` maps each name of
-          ``taps`` that is in this block to its activation, and the block stops after
-          the layer that completes ``taps`` (``last`` is that layer's output).
+          ``(last, found)``: ``found`` maps each name of ``taps`` in this block to its
+          activation; the block stops after the layer that completes ``taps`` (``last`` is
+          that layer's output; the pooled map when ``taps`` is None).
         """
-        b, kernel_init = self.number, initializers(self.init_scheme)["conv"]
-        ops = layer_ops(self.impl)
-        stages: list[tuple[str, Callable[[jax.Array], jax.Array]]] = []
-        for i, k in enumerate(self.kernels, 1):
-            conv = nn.Conv(
-                self.channels,
-                (k, k),
-                padding=k // 2,
-                kernel_init=kernel_init,
-                dtype=self.dtype,
-                name=f"conv{i}",
-                **ops["conv"],
-            )
-            stages.append((f"conv{b}_{i}", conv))
-            if self.batch_norm:
-                bn = nn.BatchNorm(
-                    use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=f"bn{i}"
-                )
-                stages.append((f"bn{b}_{i}", bn))
-            stages.append((f"relu{b}_{i}", nn.relu))
-            if self.lrn and i == 1:
-                stages.append(("lrn", local_response_norm))
-        stages.append((f"pool{b}", ops["pool"]))
+        kernel_init, ops = initializers(self.init_scheme)["conv"], layer_ops(self.impl)
+        block = Block(self.channels, tuple(self.kernels))
+        stages: list[Stage] = []
+        for layer in block_layers(block, self.number, batch_norm=self.batch_norm, lrn=self.lrn):
+            if layer.kind == "conv":
+                conv = functools.partial(nn.Conv, kernel_init=kernel_init, dtype=self.dtype, **ops["conv"])
+                k = layer.kernel
+                stage = conv(layer.channels, (k, k), padding=layer.padding, name=layer.path[-1])
+            elif layer.kind == "bn":
+                bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=layer.path[-1])
+                stage = functools.partial(bn, use_running_average=not train)
+            else:
+                stage = {"relu": nn.relu, "lrn": local_response_norm, "pool": ops["pool"]}[layer.kind]
+            stages.append((layer.name, stage))
         return run_stages(x, stages, taps)
 
 
 def run_stages(
-    x: jax.Array, stages: Sequence[tuple[str, Callable[[jax.Array], jax.Array]]], taps: Collection[str] | None
-) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+    x: jax.Array, stages: Sequence[Stage], taps: Collection[str] | None
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Applies named ``(name, layer)`` stages in order.
 
-    Returns the last output; with ``taps``, ``(last, found)`` where ``found`` holds the
-    outputs of the stages named in ``taps``, stopping as soon as all of ``taps`` are
-    found: later layers are neither run nor need parameters.
+    Returns ``(last, found)``: ``found`` holds the outputs of the stages named in
+    ``taps``, and the stages stop as soon as all of ``taps`` are found: later layers are
+    neither run nor need parameters. With ``taps=None`` every stage runs.
     """
     found: dict[str, jax.Array] = {}
     for name, layer in stages:
@@ -173,15 +110,15 @@ def run_stages(
             found[name] = x
             if len(found) == len(taps):
                 break
-    return x if taps is None else (x, found)
+    return x, found
 
 
 class VGG(nn.Module):
     """A VGG network: the blocks of ``arch``, then a head.
 
     Attributes:
-      arch: an :class:`~vggjax.arch.Arch`, a name such as ``"vgg16"``, or a tuple of
-        ``(num_convs, channels)`` pairs as in the d2l chapter.
+      arch: the :class:`~vggjax.arch.Arch` (a name such as ``"vgg16"`` or a literal
+        goes through :func:`build_model` or :func:`vggjax.arch.get_arch` first).
       num_classes: logits per example.
       dropout_rate: dropout after ``fc6`` and ``fc7``, active only with ``train=True``.
       head: ``"flatten"`` (the d2l chapter's: flatten the last map, so the input size
@@ -191,26 +128,25 @@ class VGG(nn.Module):
       pooling: with ``head=None``: ``"avg"`` or ``"max"`` global pooling to
         ``[N, C]``, or ``None`` to return the last map ``[N, h, w, C]`` (Keras' convention).
       hidden: width of ``fc6`` and ``fc7`` (4096 in the paper).
-      init_scheme: initialiser scheme, see :func:`initializers`.
+      init_scheme: initialiser scheme, see :func:`vggjax.nn.init.initializers`.
       dtype: computation dtype; params are float32 whatever it is.
-      impl: how convs, dense layers and pools are computed, with identical parameters
-        and (to float rounding) identical outputs and gradients: ``"xla"``, Flax's
-        own ops, the reference; ``"cpu_fast"``, :mod:`vggjax.nn.fastops`, matmul-shaped
-        ops with hand-written gradients, faster on XLA:CPU (README, "Speed"); ``"auto"``
-        (default), ``"cpu_fast"`` on a CPU backend and ``"xla"`` on GPU/TPU.
+      impl: how convs, dense layers and pools are computed (same parameters, outputs and
+        gradients to float rounding): ``"xla"``, Flax's own ops; ``"cpu_fast"``,
+        :mod:`vggjax.nn.fastops`; ``"auto"`` (default) picks per backend (:mod:`vggjax.nn.impl`).
 
-    Call ``model.apply(variables, x, train=...)`` with ``x`` of ``float32[N, H, W, C]``
-    in [0, 1] (or normalised, for ImageNet weights); returns logits
-    ``float32[N, num_classes]``. With ``train=True`` it needs ``rngs={"dropout": key}``
-    and, for BatchNorm archs, ``mutable=["batch_stats"]``.
+    ``model.apply(variables, x, train=...)`` with ``x`` of ``float32[N, H, W, C]`` in
+    [0, 1] (or normalised, for ImageNet weights) returns logits ``float32[N, num_classes]``.
+    With ``train=True`` it needs ``rngs={"dropout": key}`` and, for BatchNorm archs,
+    ``mutable=["batch_stats"]``. ``model.apply(variables, x, layers, method=VGG.features)``
+    returns named activations instead (see :meth:`features`).
 
     Raises:
-      ArchError: when the input is smaller than ``2**len(blocks)`` pixels on a side,
-        when a flatten head is fed a different size from the one it was built for,
-        or for an unknown head, pooling, init scheme or impl.
+      ArchError: when ``arch`` is not an Arch, when the input is smaller than
+        ``2**len(blocks)`` pixels on a side, when a flatten head is fed a different size
+        from the one it was built for, or for an unknown head, pooling, init scheme or impl.
     """
 
-    arch: Arch | str | tuple = "vgg11"
+    arch: Arch
     num_classes: int = 10
     dropout_rate: float = 0.5
     head: str | None = "flatten"
@@ -220,113 +156,114 @@ class VGG(nn.Module):
     dtype: Any = jnp.float32
     impl: str = "auto"
 
-    @property
-    def spec(self) -> Arch:
-        """The resolved :class:`~vggjax.arch.Arch`."""
-        return get_arch(self.arch)
+    def __post_init__(self) -> None:
+        if not isinstance(self.arch, Arch):
+            hint = f"use build_model({self.arch!r}) or VGG(vggjax.arch.get_arch(...))"
+            raise ArchError(f"VGG needs an Arch, got {self.arch!r}; {hint}")
+        super().__post_init__()
 
-    @nn.compact
-    def __call__(
-        self, x: jax.Array, *, train: bool = False, taps: Sequence[str] | None = None
-    ) -> jax.Array | dict[str, jax.Array]:
-        """Logits (or features, see ``head``); with ``taps``, named activations instead.
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Logits ``float32[N, num_classes]``; headless, the pooled ``[N, C]`` or the last map.
 
         Args:
           x: ``float32[N, H, W, C]``.
           train: dropout on, BatchNorm on batch statistics.
-          taps: layer names from :func:`vggjax.arch.feature_names` (``conv3_2``,
-            ``relu3_2``, ``pool3``, ``fc7`` …); see :func:`vggjax.features.features`.
-
-        Returns:
-          ``float32[N, num_classes]`` logits; with ``taps``, a dict from each name in
-          ``taps`` to its activation, computed only up to the deepest of them.
 
         Raises:
-          ArchError: for an input too small or (flatten head) of the wrong size, or an
-            unknown tap name.
+          ArchError: for an input too small or (flatten head) of the wrong size.
         """
-        spec = self.spec
-        wanted = None if taps is None else self._check_taps(spec, taps)
-        check_input(spec, x.shape)
+        return self._run(x, train=train, taps=None)
+
+    def features(self, x: jax.Array, layers: Sequence[str], *, train: bool = False) -> dict[str, jax.Array]:
+        """Named activations, computed only up to the deepest of ``layers``.
+
+        Call as ``model.apply(variables, x, layers, method=VGG.features)``; the variables
+        need only the layers up to the deepest one asked for.
+
+        Args:
+          x: ``float32[N, H, W, C]``.
+          layers: names from :func:`vggjax.arch.feature_names` (``conv3_2``, ``relu3_2``,
+            ``pool3``, ``fc7`` …); see :func:`vggjax.nn.features.features`.
+          train: dropout on, BatchNorm on batch statistics.
+
+        Returns:
+          A dict from each name in ``layers`` (duplicates once, in the order asked) to its
+          activation: ``[N, H', W', C']`` for conv-side layers, ``[N, features]`` for the head's.
+
+        Raises:
+          ArchError: for an unknown or empty list of names, or an input the model cannot take.
+        """
+        valid = feature_names(self.arch, head=self.head is not None)
+        if isinstance(layers, str) or not layers:
+            raise ArchError(f"taps must be a non-empty list of layer names, e.g. ['relu1_2'], got {layers!r}")
+        unknown = [name for name in layers if name not in valid]
+        if unknown:
+            raise ArchError(f"unknown layer name(s) {unknown} for this VGG; use any of: {', '.join(valid)}")
+        found = self._run(x, train=train, taps=set(layers))
+        return {name: found[name] for name in layers}
+
+    @nn.compact
+    def _run(self, x: jax.Array, *, train: bool, taps: set[str] | None) -> Any:
+        """The forward pass: the output with ``taps=None``, else the dict of the tapped activations."""
+        sizes = {"pooling": self.pooling, "hidden": self.hidden, "num_classes": self.num_classes}
+        head = head_layers(self.arch, head=self.head, **sizes)
+        check_input(self.arch, x.shape)
         x = x.astype(self.dtype)
         found: dict[str, jax.Array] = {}
-        for b, block in enumerate(spec.blocks, 1):
+        for b, block in enumerate(self.arch.blocks, 1):
             run_block = VGGBlock(
                 block.channels,
                 block.kernels,
-                batch_norm=spec.batch_norm,
-                lrn=spec.lrn and b == 1,
+                batch_norm=self.arch.batch_norm,
+                lrn=self.arch.lrn and b == 1,
                 init_scheme=self.init_scheme,
                 dtype=self.dtype,
                 impl=self.impl,
                 number=b,
                 name=f"block{b}",
             )
-            if wanted is None:
+            if taps is None:
                 x = run_block(x, train=train)
                 continue
-            x, got = run_block(x, train=train, taps=wanted - found.keys())
+            x, got = run_block.run(x, train=train, taps=taps - found.keys())
             found |= got
-            if len(found) == len(wanted):
-                return {name: found[name] for name in taps}
-        if wanted is None:
-            return self.apply_head(x, train=train)
-        found |= self.apply_head(x, train=train, taps=wanted - found.keys())
-        return {name: found[name] for name in taps}
+            if len(found) == len(taps):
+                return found
+        stages = [(layer.name, self._head_stage(layer, head, train)) for layer in head]
+        x, got = run_stages(x, stages, None if taps is None else taps - found.keys())
+        if taps is not None:
+            return found | got
+        return x.astype(jnp.float32) if self.head is not None else x
 
-    def _check_taps(self, spec: Arch, taps: Sequence[str]) -> set[str]:
-        valid = feature_names(spec, head=self.head is not None)
-        if isinstance(taps, str) or not taps:
-            raise ArchError(f"taps must be a non-empty list of layer names, e.g. ('relu1_2',), got {taps!r}")
-        unknown = [name for name in taps if name not in valid]
-        if unknown:
-            raise ArchError(f"unknown layer name(s) {unknown} for this VGG; use any of: {', '.join(valid)}")
-        return set(taps)
+    def _head_stage(self, layer: Layer, head: list[Layer], train: bool) -> Callable[[jax.Array], jax.Array]:
+        """The callable of one head layer; fc8 (the last) gets the logits initialiser."""
+        if layer.kind == "dense":
+            init = initializers(self.init_scheme)["logits" if layer is head[-1] else "dense"]
+            dense = functools.partial(nn.Dense, dtype=self.dtype, **layer_ops(self.impl)["dense"])
+            return dense(layer.channels, kernel_init=init, name=layer.name)
+        if layer.kind == "dropout":
+            return nn.Dropout(self.dropout_rate, deterministic=not train)
+        if layer.kind == "flatten":
+            first = next(x.name for x in head if x.kind == "dense")
+            return functools.partial(self._flatten, first=first)
+        if layer.kind == "globalpool":
+            return functools.partial(jnp.mean if self.pooling == "avg" else jnp.max, axis=(1, 2))
+        if layer.kind == "avgpool":
+            return functools.partial(adaptive_avg_pool, size=ADAPTIVE_SIDE)
+        return nn.relu
 
-    def apply_head(
-        self, x: jax.Array, *, train: bool, taps: Collection[str] | None = None
-    ) -> jax.Array | dict[str, jax.Array]:
-        """The part after the last pool: ``[N, h, w, C]`` → logits, features or pooled.
-
-        With ``taps`` (names among ``fc6``, ``relu6``, ``fc7``, ``relu7``, ``fc8``),
-        returns a dict of those activations instead, stopping at the deepest.
-        """
-        if self.head is None:
-            if self.pooling is None:
-                return x
-            if self.pooling in ("avg", "max"):
-                return (jnp.mean if self.pooling == "avg" else jnp.max)(x, axis=(1, 2))
-            raise ArchError(f"unknown pooling {self.pooling!r}; use 'avg', 'max' or None")
-        if self.head == "adaptive":
-            x = adaptive_avg_pool(x, 7)
-        elif self.head != "flatten":
-            raise ArchError(f"unknown head {self.head!r}; use 'flatten', 'adaptive' or None")
+    def _flatten(self, x: jax.Array, *, first: str) -> jax.Array:
+        """``[N, h, w, C]`` → ``[N, h·w·C]``, checked against the ``first`` dense layer's kernel."""
         x = x.reshape((x.shape[0], -1))
-        self._check_flatten(x.shape[-1])
-        inits = initializers(self.init_scheme)
-        dense = functools.partial(nn.Dense, dtype=self.dtype, **layer_ops(self.impl)["dense"])
-        dropout = functools.partial(nn.Dropout, self.dropout_rate, deterministic=not train)
-        stages = [
-            ("fc6", dense(self.hidden, kernel_init=inits["dense"], name="fc6")),
-            ("relu6", nn.relu),
-            ("dropout6", dropout()),
-            ("fc7", dense(self.hidden, kernel_init=inits["dense"], name="fc7")),
-            ("relu7", nn.relu),
-            ("dropout7", dropout()),
-            ("fc8", dense(self.num_classes, kernel_init=inits["logits"], name="fc8")),
-        ]
-        out = run_stages(x, stages, taps)
-        return out[1] if taps is not None else out.astype(jnp.float32)
-
-    def _check_flatten(self, features: int) -> None:
-        if self.is_initializing() or not self.has_variable("params", "fc6"):
-            return
-        expected = self.variables["params"]["fc6"]["kernel"].shape[0]
-        if features != expected:
+        if self.is_initializing() or not self.has_variable("params", first):
+            return x
+        expected = self.variables["params"][first]["kernel"].shape[0]
+        if x.shape[-1] != expected:
             raise ArchError(
-                f"the flatten head's fc6 expects {expected:,} features but this input gives "
-                f"{features:,}; feed the input size the model was built for, or use head='adaptive'"
+                f"the flatten head's {first} expects {expected:,} features but this input gives "
+                f"{x.shape[-1]:,}; feed the input size the model was built for, or use head='adaptive'"
             )
+        return x
 
 
 def check_input(arch: Arch, shape: Sequence[int]) -> None:
@@ -349,11 +286,7 @@ def check_input(arch: Arch, shape: Sequence[int]) -> None:
 
 
 def build_model(
-    arch: str | Sequence | Arch = "vgg11",
-    *,
-    width: float = 1.0,
-    batch_norm: bool | None = None,
-    **kwargs: Any,
+    arch: str | Sequence | Arch = "vgg11", *, width: float = 1.0, batch_norm: bool | None = None, **kwargs
 ) -> VGG:
     """A :class:`VGG` from a name or literal, with a width multiplier.
 

@@ -27,7 +27,7 @@ from vggjax import data
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import pretrained
-from vggjax.nn.vgg import from_config
+from vggjax.nn.vgg import VGG, from_config
 from vggjax.run import weights
 from vggjax.run.checkpoint import Position, RunCheckpoints
 from vggjax.run.files import write_jsonl
@@ -62,6 +62,62 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
         optax.add_decayed_weights(config.weight_decay),
         optax.sgd(make_schedule(config, steps_per_epoch), momentum=config.momentum or None),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """What a run compiles, built from its config by :func:`build_step` (``vggjax bench`` times the same).
+
+    Attributes:
+      model: the config's :class:`~vggjax.nn.vgg.VGG`.
+      init: ``init(rng) -> TrainState`` with the config's optimizer, not jitted (``init_from`` wraps it).
+      init_rng, dropout_rng: the init key and the run's base dropout key, split from ``config.seed``.
+      train_fn: ``train_step(state, batch, rng) -> (state, metrics)``, jitted: state replicated
+        and donated, batch split over the mesh.
+      eval_fn: ``eval_step(state, batch) -> sums``, jitted, sums replicated.
+      replicated, batch_sharding: the state's and a global batch's shardings.
+    """
+
+    model: VGG
+    init: Callable[[jax.Array], TrainState]
+    init_rng: jax.Array
+    dropout_rng: jax.Array
+    train_fn: Callable
+    eval_fn: Callable
+    replicated: jax.sharding.NamedSharding
+    batch_sharding: jax.sharding.NamedSharding
+
+    def init_state(self) -> TrainState:
+        """A fresh state drawn from ``init_rng``, replicated over the mesh."""
+        return jax.jit(self.init, out_shardings=self.replicated)(self.init_rng)
+
+
+def build_step(config: TrainConfig, mesh: jax.sharding.Mesh, steps_per_epoch: int) -> Steps:
+    """The model, optimizer, initial state and jitted, sharded, donated steps of ``config``.
+
+    Args:
+      config: a validated config; its model, optimizer, ``seed``, ``image_size`` and
+        ``channels`` are used.
+      mesh: the devices (:func:`vggjax.training.parallel.data_mesh`).
+      steps_per_epoch: train steps per epoch, which the learning-rate schedule spans.
+    """
+    init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+    model = from_config(config)
+    init = functools.partial(
+        create_train_state,
+        model,
+        make_optimizer(config, steps_per_epoch),
+        input_shape=(1, config.image_size, config.image_size, config.channels),
+    )
+    rep, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    train_fn = jax.jit(
+        functools.partial(train_step, image_size=config.image_size),
+        in_shardings=(rep, split, rep),
+        out_shardings=rep,
+        donate_argnums=0,
+    )
+    eval_fn = jax.jit(functools.partial(eval_step, image_size=config.image_size), out_shardings=rep)
+    return Steps(model, init, init_rng, dropout_rng, train_fn, eval_fn, rep, split)
 
 
 def model_signature(config: TrainConfig) -> dict:
@@ -169,21 +225,14 @@ def train_and_evaluate(
     if source is not None:
         pretrained.check_channels(source, channels, adapt_channels=config.adapt_channels)
     steps_per_epoch = data.num_batches(n_train, config.batch_size, drop_remainder=True)
-    model = from_config(config)
-    init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-    init = functools.partial(
-        create_train_state,
-        model,
-        make_optimizer(config, steps_per_epoch),
-        input_shape=(1, config.image_size, config.image_size, channels),
-    )
-    rep, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    built = build_step(config, mesh, steps_per_epoch)
+    rep, split, dropout_rng = built.replicated, built.batch_sharding, built.dropout_rng
     if source is not None:
-        init = functools.partial(_init_from, init, adapt_channels=config.adapt_channels, log=log)
-        state = jax.jit(init, out_shardings=rep)(init_rng, source)
+        init = functools.partial(_init_from, built.init, adapt_channels=config.adapt_channels, log=log)
+        state = jax.jit(init, out_shardings=rep)(built.init_rng, source)
         log(f"initialised from {config.init_from}")
     else:
-        state = jax.jit(init, out_shardings=rep)(init_rng)
+        state = built.init_state()
     signature, checkpoints = model_signature(config), run.checkpoints_dir
     start, partial, records, resume_step = Position(1, 0), [], [], None
     if resume:
@@ -204,18 +253,11 @@ def train_and_evaluate(
         write_jsonl(run.metrics_file, records)
     parallel.sync("run folder ready")
     board = MetricsWriter(run_dir, config.to_json(), active=main, resume_step=resume_step)
-    train_fn = jax.jit(
-        functools.partial(train_step, image_size=config.image_size),
-        in_shardings=(rep, split, rep),
-        out_shardings=rep,
-        donate_argnums=0,
-    )
-    eval_fn = jax.jit(functools.partial(eval_step, image_size=config.image_size), out_shardings=rep)
     with RunCheckpoints(checkpoints, keep=config.keep) as ckpts, contextlib.closing(board):
         trainer = Trainer(
             config=config,
-            train_fn=train_fn,
-            eval_fn=eval_fn,
+            train_fn=built.train_fn,
+            eval_fn=built.eval_fn,
             train_ds=train_ds,
             test_ds=test_ds,
             rng=dropout_rng,

@@ -1,0 +1,174 @@
+"""A VGG's layers in order, from its :class:`~vggjax.arch.spec.Arch`: the one layer list.
+
+The model (:mod:`vggjax.nn.vgg`), the summary, the receptive fields and torchvision
+weight import all walk the list built here: per block conv [→ bn] → relu [→ lrn] …
+→ pool, then the head (``avgpool``, ``flatten``, ``fc6`` → ``relu6`` → ``dropout6`` →
+``fc7`` → ``relu7`` → ``dropout7`` → ``fc8``). Each layer carries its VGG name, its
+parameter path and its module name in torchvision's VGG. Pure Python, no JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+
+from vggjax.arch.spec import Arch, Block
+from vggjax.errors import ArchError
+
+# torchvision's AdaptiveAvgPool2d((7, 7)): the side of the map the adaptive head flattens.
+ADAPTIVE_SIDE = 7
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One layer of a VGG, as the model, the summary, receptive fields and weight import see it.
+
+    Attributes:
+      kind: in the feature extractor ``"conv"``, ``"bn"``, ``"relu"``, ``"lrn"`` or
+        ``"pool"``; in the head ``"avgpool"``, ``"flatten"``, ``"dense"``, ``"relu"``,
+        ``"dropout"``, or ``"globalpool"`` for a headless model's global pooling.
+      name: the VGG name: ``conv{b}_{i}``, ``bn{b}_{i}``, ``relu{b}_{i}``, ``lrn``,
+        ``pool{b}`` (b = block, i = conv in the block, both from 1); then ``avgpool``,
+        ``flatten``, ``fc6``, ``relu6``, ``dropout6``, ``fc7``, ``relu7``, ``dropout7``,
+        ``fc8``, or ``global_avgpool`` / ``global_maxpool``.
+      block: the block number, from 1; 0 for the head's layers.
+      kernel: kernel side in pixels (1 for point-wise layers; 0 in the head, which sees
+        the whole map).
+      stride: stride in pixels (0 in the head).
+      padding: zero padding on each side in pixels.
+      channels: output channels; for ``dense`` layers, output features.
+      torchvision: the module's name in torchvision's VGG: ``features.N`` (N counts every
+        conv, BatchNorm, ReLU and pool), ``avgpool``, ``classifier.N`` (``classifier.0/3/6``
+        are fc6/fc7/fc8); None where torchvision has no module (LRN, flatten, global pooling).
+    """
+
+    kind: str
+    name: str
+    block: int
+    kernel: int
+    stride: int
+    padding: int
+    channels: int
+    torchvision: str | None = None
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        """The parameter path of a weighted layer, ``("block3", "conv2")`` or ``("fc6",)``; else ``()``."""
+        if self.kind in ("conv", "bn"):
+            return (f"block{self.block}", f"{self.kind}{self.name.rpartition('_')[2]}")
+        return (self.name,) if self.kind == "dense" else ()
+
+
+def block_layers(
+    block: Block, number: int, *, batch_norm: bool = False, lrn: bool = False, start: int = 0
+) -> list[Layer]:
+    """The layers of block ``number`` (from 1): conv, [bn], relu, [lrn] per conv, then the pool.
+
+    Args:
+      block: the block.
+      number: its number ``b`` in the names ``conv{b}_{i}`` ….
+      batch_norm: a BatchNorm between each conv and its ReLU.
+      lrn: local response normalisation after the first conv's ReLU.
+      start: torchvision's ``features`` index of the block's first conv.
+
+    Returns:
+      ``list[Layer]``, input to output.
+    """
+    b = number
+    rows: list[tuple[str, str, int, int, int, int]] = []  # kind, name, block, kernel, stride, padding
+    for i, k in enumerate(block.kernels, 1):
+        rows.append(("conv", f"conv{b}_{i}", b, k, 1, k // 2))
+        if batch_norm:
+            rows.append(("bn", f"bn{b}_{i}", b, 1, 1, 0))
+        rows.append(("relu", f"relu{b}_{i}", b, 1, 1, 0))
+        if lrn and i == 1:
+            rows.append(("lrn", "lrn", b, 1, 1, 0))
+    rows.append(("pool", f"pool{b}", b, 2, 2, 0))
+    index = itertools.count(start)  # torchvision has no LRN module: LRN takes no index
+    return [
+        Layer(*row, block.channels, None if row[0] == "lrn" else f"features.{next(index)}") for row in rows
+    ]
+
+
+def head_layers(
+    arch: Arch, *, head: str | None, pooling: str | None = None, hidden: int = 4096, num_classes: int = 1000
+) -> list[Layer]:
+    """The layers after the last pool, named as in the VGG authors' Caffe models.
+
+    Args:
+      arch: the architecture (its last block's channels).
+      head: ``"flatten"`` (the d2l chapter's: flatten the last map), ``"adaptive"``
+        (torchvision's: average-pool it to ``ADAPTIVE_SIDE`` × ``ADAPTIVE_SIDE`` first),
+        then ``fc6`` → ReLU → dropout → ``fc7`` → ReLU → dropout → ``fc8``; or None.
+      pooling: with ``head=None``: ``"avg"`` or ``"max"`` global pooling, or None for none.
+      hidden: width of fc6 and fc7.
+      num_classes: outputs of fc8.
+
+    Returns:
+      ``list[Layer]``: empty for a headless model without pooling.
+
+    Raises:
+      ArchError: for an unknown head or pooling.
+    """
+    c = arch.out_channels
+    if head is None:
+        if pooling not in (None, "avg", "max"):
+            raise ArchError(f"unknown pooling {pooling!r}; use 'avg', 'max' or None")
+        return [] if pooling is None else [Layer("globalpool", f"global_{pooling}pool", 0, 0, 0, 0, c)]
+    if head not in ("flatten", "adaptive"):
+        raise ArchError(f"unknown head {head!r}; use 'flatten', 'adaptive' or None")
+    out = [Layer("avgpool", "avgpool", 0, 0, 0, 0, c, "avgpool")] if head == "adaptive" else []
+    out.append(Layer("flatten", "flatten", 0, 0, 0, 0, c))
+    dense = ((6, hidden), (7, hidden), (8, num_classes))
+    for j, (n, width) in enumerate(dense):
+        kinds = ("dense",) if n == 8 else ("dense", "relu", "dropout")
+        for k, kind in enumerate(kinds):
+            name = f"fc{n}" if kind == "dense" else f"{kind}{n}"
+            out.append(Layer(kind, name, 0, 0, 0, 0, width, f"classifier.{3 * j + k}"))
+    return out
+
+
+def layers(
+    arch: Arch,
+    *,
+    head: str | None = None,
+    pooling: str | None = None,
+    hidden: int = 4096,
+    num_classes: int = 1000,
+) -> list[Layer]:
+    """A VGG's layers in order: :func:`block_layers` of each block, then :func:`head_layers`.
+
+    With the default ``head=None`` (and no pooling), the feature extractor alone.
+
+    Raises:
+      ArchError: for an unknown head or pooling.
+    """
+    out: list[Layer] = []
+    for b, block in enumerate(arch.blocks, 1):
+        start = sum(layer.torchvision is not None for layer in out)
+        out += block_layers(block, b, batch_norm=arch.batch_norm, lrn=arch.lrn and b == 1, start=start)
+    return out + head_layers(arch, head=head, pooling=pooling, hidden=hidden, num_classes=num_classes)
+
+
+# Head layers that are steps inside a stage, not features: no tap returns them.
+_NOT_TAPPED = ("avgpool", "flatten", "dropout", "globalpool")
+
+
+def feature_names(arch: Arch, *, head: bool = True) -> list[str]:
+    """Every layer name a feature tap can ask for, input to output.
+
+    ``conv{b}_{i}``, [``bn{b}_{i}``], ``relu{b}_{i}``, [``lrn``], …, ``pool{b}`` per
+    block (see :func:`layers`), then with a head ``fc6``, ``relu6``, ``fc7``,
+    ``relu7``, ``fc8`` (dropout is the identity in evaluation, so it has no tap).
+    """
+    every = layers(arch, head="flatten" if head else None)
+    return [layer.name for layer in every if layer.kind not in _NOT_TAPPED]
+
+
+_NAME = re.compile(r"^(conv|relu|bn)(\d+)_(\d+)$|^pool(\d+)$|^fc[678]$|^relu[67]$|^lrn$")
+
+
+def is_layer_name(name: str) -> bool:
+    """Whether ``name`` has the form of a VGG layer name (``conv3_2``, ``pool4``, ``fc7``)."""
+    return bool(_NAME.match(name))
