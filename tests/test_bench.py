@@ -7,6 +7,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from tiny import TINY_FLAGS, tiny_config
 
 from vggjax import data
 from vggjax.bench import BenchConfig, TrainRunner, run_bench
@@ -16,7 +17,7 @@ from vggjax.errors import ConfigError
 from vggjax.run.weights import load_variables
 from vggjax.training.train import train_and_evaluate
 
-TINY = BenchConfig(train=TrainConfig(width=0.125, hidden=64, batch_size=16), steps=1, repeats=2)
+TINY = BenchConfig(train=tiny_config(batch_size=16), steps=1, repeats=2)
 
 
 def test_report_figures():
@@ -90,7 +91,7 @@ def test_bench_step_input_is_split_over_every_device():
 
 
 def test_cli_bench_json(capsys):
-    argv = ["bench", "--width", "0.125", "--hidden", "64", "--batch-size", "8", "--steps", "1"]
+    argv = ["bench", *TINY_FLAGS, "--batch-size", "8", "--steps", "1"]
     assert main([*argv, "--repeats", "1", "--only", "inference", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert "train" not in report and report["inference"]["images_per_s"] > 0

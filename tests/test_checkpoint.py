@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import tiny_config
 
-from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError
 from vggjax.nn.vgg import from_config
 from vggjax.run.checkpoint import Position, RunCheckpoints
@@ -23,7 +23,7 @@ from vggjax.training import parallel
 from vggjax.training.steps import create_train_state
 from vggjax.training.train import make_optimizer, model_signature
 
-CONFIG = TrainConfig(arch="vgg11_bn", width=0.125, hidden=64, image_size=32)
+CONFIG = tiny_config(arch="vgg11_bn", image_size=32)
 
 
 def fresh_state(config=CONFIG):
@@ -123,7 +123,7 @@ def saved(tmp_path_factory):
 
 
 def test_checkpoint_of_another_model_is_refused(saved):
-    other = TrainConfig(arch="vgg11", width=0.125, hidden=64)
+    other = tiny_config(arch="vgg11")
     with RunCheckpoints(saved) as ckpts, pytest.raises(CheckpointError) as e:
         ckpts.restore(fresh_state(other), jax.random.key(0), model=model_signature(other))
     message = str(e.value)

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from tiny import TINY
 
 from vggjax.cli import main
 
@@ -92,7 +93,7 @@ def test_convert_torchvision_then_predict_imagenet(tmp_path, capsys):
     from PIL import Image
     from torch_vgg import make_torch_vgg
 
-    module = make_torch_vgg("vgg11", width=0.125, hidden=64, num_classes=12)
+    module = make_torch_vgg("vgg11", **TINY, num_classes=12)
     torch.save({f"module.{k}": v for k, v in module.state_dict().items()}, tmp_path / "w.pth")
     run_dir = tmp_path / "run"
     args = ["convert-torchvision", str(tmp_path / "w.pth"), "--arch", "vgg11", "--width", "0.125"]

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import TINY_FLAGS, tiny_config
 
 from vggjax import data
 from vggjax.cli import main
@@ -28,7 +29,7 @@ from vggjax.run.weights import save_variables
 from vggjax.training.steps import create_train_state
 from vggjax.training.train import make_optimizer, model_signature
 
-RUN = TrainConfig(arch="vgg11_bn", width=0.125, hidden=64, limit_train=64, limit_test=64, batch_size=16)
+RUN = tiny_config(arch="vgg11_bn", limit_train=64, limit_test=64, batch_size=16)
 
 
 def make_run(run_dir: Path, config: TrainConfig = RUN, checkpoint_of: TrainConfig | None = RUN) -> Path:
@@ -245,7 +246,7 @@ def test_eval_with_emptied_weights_file_prints_only_the_error_line(tmp_path):
 
 def test_far_too_high_lr_stops_at_first_non_finite_step(tmp_path, capsys):
     out = tmp_path / "run"
-    flags = ["--arch", "vgg11_bn", "--width", "0.125", "--hidden", "64", "--batch-size", "16"]
+    flags = ["--arch", "vgg11_bn", *TINY_FLAGS, "--batch-size", "16"]
     flags += ["--limit-train", "512", "--limit-test", "64", "--lr", "10", "--momentum", "0"]
     flags += ["--schedule", "constant", "--checkpoint-every", "1", "--no-progress", "--out", str(out)]
     assert main(["train", *flags]) == 3

@@ -7,11 +7,11 @@ import optax
 import pytest
 from flax import linen as nn
 from jax import lax
+from tiny import tiny_model
 
 from vggjax.errors import ArchError
 from vggjax.nn import fastops
 from vggjax.nn.impl import resolve_impl
-from vggjax.nn.vgg import build_model
 
 
 def _grads(model, variables, x, labels):
@@ -39,8 +39,8 @@ def _grads(model, variables, x, labels):
 def test_gradients_equal_plain_model(arch, size, channels):
     x = jax.random.uniform(jax.random.key(1), (4, size, size, channels))
     labels = jnp.arange(4) % 10
-    plain = build_model(arch, width=0.125, hidden=64, impl="xla")
-    fast = build_model(arch, width=0.125, hidden=64, impl="cpu_fast")
+    plain = tiny_model(arch, impl="xla")
+    fast = tiny_model(arch, impl="cpu_fast")
     variables = plain.init(jax.random.key(0), x)
     loss_ref, g_ref = _grads(plain, variables, x, labels)
     loss_fast, g_fast = _grads(fast, variables, x, labels)

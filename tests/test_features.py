@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.errors import ScopeParamNotFoundError
+from tiny import tiny_arch
 
 from vggjax.arch import feature_names, get_arch
 from vggjax.errors import ArchError
@@ -21,7 +22,7 @@ def small(arch):
     statistics uniform in [0.5, 1.5], so BatchNorm is far from the identity. numpy
     fills them: compiling ``model.init`` costs seconds per arch on a small CPU.
     """
-    model = VGG(get_arch(arch, width=0.125), hidden=32)
+    model = VGG(tiny_arch(arch), hidden=32)
     x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
     rng = np.random.default_rng(0)
 
@@ -106,7 +107,7 @@ def test_order_duplicates_and_headless():
     model, variables, x = small("vgg11")
     got = features(model, variables, x, ["fc7", "relu2_1", "fc7"])
     assert list(got) == ["fc7", "relu2_1"]
-    headless = VGG(get_arch("vgg11", width=0.125), head=None)
+    headless = VGG(tiny_arch(), head=None)
     assert features(headless, variables, x, ["pool5"])["pool5"].shape == (2, 1, 1, 64)
     with pytest.raises(ArchError, match=r"unknown layer name\(s\) \['fc7'\]") as e:
         features(headless, variables, x, ["pool5", "fc7"])

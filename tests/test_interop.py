@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 import torch
+from tiny import TINY, tiny_arch
 from torch_vgg import make_torch_vgg
 
 from vggjax.arch import get_arch, layers
@@ -126,7 +127,7 @@ def test_fc6_flatten_order_single_input_index():
     module = make_torch_vgg("vgg11", width=0.125, hidden=out, num_classes=3)
     state = numpy_state(module)
     state["classifier.0.weight"] = weight
-    variables, _ = from_torchvision(state, get_arch("vgg11", width=0.125))
+    variables, _ = from_torchvision(state, tiny_arch())
     fmap = np.zeros((1, 7, 7, channels), np.float32)
     fmap[0, h, w, c] = 2.0
     dense = fmap.reshape(1, -1) @ np.asarray(variables["params"]["fc6"]["kernel"])
@@ -135,8 +136,8 @@ def test_fc6_flatten_order_single_input_index():
 
 @pytest.fixture(scope="module")
 def small_bn():
-    module = make_torch_vgg("vgg11_bn", width=0.125, hidden=64, num_classes=10)
-    return module, numpy_state(module), get_arch("vgg11_bn", width=0.125)
+    module = make_torch_vgg("vgg11_bn", **TINY, num_classes=10)
+    return module, numpy_state(module), tiny_arch("vgg11_bn")
 
 
 def test_round_trip_export_import_is_identical(small_bn):
@@ -166,10 +167,10 @@ def test_module_prefix_is_stripped_and_said(small_bn):
 def test_bn_and_plain_variants_are_never_mapped_positionally(small_bn):
     _, state, _ = small_bn
     with pytest.raises(CheckpointError, match=r"BatchNorm weights .*i\.e\. vgg11_bn, but the arch is vgg11 "):
-        from_torchvision(state, get_arch("vgg11", width=0.125))
-    plain = numpy_state(make_torch_vgg("vgg11", width=0.125, hidden=64, num_classes=10))
+        from_torchvision(state, tiny_arch())
+    plain = numpy_state(make_torch_vgg("vgg11", **TINY, num_classes=10))
     with pytest.raises(CheckpointError, match=r"without BatchNorm, i\.e\. vgg11, but the arch is vgg11_bn "):
-        from_torchvision(plain, get_arch("vgg11_bn", width=0.125))
+        from_torchvision(plain, tiny_arch("vgg11_bn"))
 
 
 def test_extra_missing_and_misshapen_keys(small_bn):

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import tiny_arch, tiny_model
 
 from vggjax.arch import get_arch
 from vggjax.errors import ArchError
@@ -90,16 +91,16 @@ def test_adaptive_avg_pool_matches_torch_bins():
 
 
 def test_headless_pooling():
-    model = VGG(get_arch("vgg11", width=0.125), head=None, pooling="avg")
+    model = VGG(tiny_arch(), head=None, pooling="avg")
     variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     assert "fc6" not in variables["params"]
     assert model.apply(variables, jnp.ones((2, 64, 64, 3))).shape == (2, 64)
-    fmap = VGG(get_arch("vgg11", width=0.125), head=None).apply(variables, jnp.ones((2, 64, 64, 3)))
+    fmap = VGG(tiny_arch(), head=None).apply(variables, jnp.ones((2, 64, 64, 3)))
     assert fmap.shape == (2, 2, 2, 64)
 
 
 def test_dropout_only_in_training_and_fresh_per_key():
-    model = build_model("vgg11", width=0.125, hidden=64)
+    model = tiny_model()
     x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 1))
     variables = model.init(jax.random.key(0), x)
     a = model.apply(variables, x)

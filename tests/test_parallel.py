@@ -18,9 +18,9 @@ import warnings
 import jax
 import numpy as np
 import pytest
+from tiny import TINY_FLAGS, tiny_config
 
 from vggjax.cli import main
-from vggjax.config import TrainConfig
 from vggjax.errors import ConfigError
 from vggjax.run import checkpoint
 from vggjax.training import parallel
@@ -29,11 +29,9 @@ from vggjax.training.train import train_and_evaluate
 # The README's commands use exactly these flags.
 ARGS = [
     "--limit-train", "256", "--limit-test", "128", "--epochs", "2", "--batch-size", "32",
-    "--eval-batch-size", "64", "--width", "0.125", "--hidden", "64", "--no-progress",
+    "--eval-batch-size", "64", *TINY_FLAGS, "--no-progress",
 ]  # fmt: skip
-CONFIG = TrainConfig(
-    limit_train=256, limit_test=128, epochs=2, batch_size=32, eval_batch_size=64, width=0.125, hidden=64
-)
+CONFIG = tiny_config(limit_train=256, limit_test=128, epochs=2, batch_size=32, eval_batch_size=64)
 DEADLINE = 420  # seconds for a whole multi-process run on a busy 2-core machine
 LOSS_TOL = 1e-5
 PARAM_TOL = 1e-5
@@ -130,6 +128,7 @@ def test_shard_batch_on_one_device_keeps_every_row():
     parallel.check_batch_size(3, mesh)  # any size splits over one device
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device(tmp_path, one_device_run):
     out = tmp_path / "four"
     p = subprocess.run(
@@ -144,6 +143,7 @@ def test_four_devices_match_one_device(tmp_path, one_device_run):
     _assert_same_run(out, one_device_run)
 
 
+@pytest.mark.slow
 def test_batch_size_must_split_over_devices(tmp_path):
     p = subprocess.run(
         [sys.executable, "-m", "vggjax", "train", *ARGS, "--batch-size", "30", "--out", str(tmp_path / "r")],
@@ -223,6 +223,8 @@ def two_process_run(tmp_path_factory):
     return out, _run_processes(out, 2, 2, [])
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_match_one_device(two_process_run, one_device_run):
     out, logs = two_process_run
     assert "devices: 4 (cpu) in 2 process(es), 2 on this one" in logs[0]
@@ -231,6 +233,8 @@ def test_two_processes_match_one_device(two_process_run, one_device_run):
     _assert_same_run(out, one_device_run)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_stopped_by_sigterm_resume_to_the_same_run(tmp_path, one_device_run, two_process_run):
     """SIGTERM to both workers (as a cluster's preemption does) after their first step checkpoint:
     both stop at the same step and save; two processes resume the run to its end, bitwise

@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 import torch
+from tiny import TINY, tiny_arch, tiny_config
 from torch_vgg import make_torch_vgg
 
-from vggjax.arch import get_arch
 from vggjax.cli import main
 from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import pretrained
@@ -19,7 +19,7 @@ from vggjax.run.folder import RunDir
 def small(tmp_path_factory):
     """A small torchvision-layout vgg11_bn (20 classes) saved as .pth, and its folder."""
     root = tmp_path_factory.mktemp("small")
-    module = make_torch_vgg("vgg11_bn", width=0.125, hidden=64, num_classes=20)
+    module = make_torch_vgg("vgg11_bn", **TINY, num_classes=20)
     torch.save(module.state_dict(), root / "small.pth")
     pretrained.convert_torchvision(
         root / "small.pth", "vgg11_bn", root / "run", width=0.125, log=lambda _: None
@@ -52,7 +52,7 @@ def test_export_loads_strictly_into_pytorch_with_the_same_logits(small, tmp_path
     module, root = small
     out = tmp_path / f"back{suffix}"
     pretrained.export_torchvision(root / "run", out)
-    clone = make_torch_vgg("vgg11_bn", width=0.125, hidden=64, num_classes=20, seed=99)
+    clone = make_torch_vgg("vgg11_bn", **TINY, num_classes=20, seed=99)
     state = {k: torch.from_numpy(v) for k, v in read_state_dict(out).items()}
     clone.load_state_dict(state, strict=True)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -74,7 +74,7 @@ def test_adapt_input_channels_follows_timm():
 
 
 def test_transfer_replaces_only_fc8_and_needs_the_adaptation_option():
-    arch = get_arch("vgg11", width=0.125)
+    arch = tiny_arch()
     source = random_variables(HeadShape(3, 64, 1000).model(arch), 3, seed=1)
     target = random_variables(HeadShape(1, 64, 10).model(arch), 1, seed=2)
     with pytest.raises(
@@ -116,7 +116,7 @@ def test_init_from_must_keep_the_network(small):
     assert (config.channels, config.num_classes, config.dataset) == (1, 10, "fashion-mnist")
     with pytest.raises(ConfigError, match="--arch 'vgg16' differs from the --init-from run's 'vgg11_bn'"):
         pretrained.check_same_model(
-            TrainConfig(arch="vgg16", width=0.125, head="adaptive", hidden=64), source
+            tiny_config(arch="vgg16", head="adaptive"), source
         )
     with pytest.raises(CheckpointError, match="not a vggjax run folder"):
         RunDir(root).config()

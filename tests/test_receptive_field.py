@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from tiny import tiny_arch
 
 from vggjax.arch import get_arch, names
 from vggjax.arch.receptive_field import receptive_fields
@@ -109,7 +110,7 @@ def positive_variables(model, x):
 def test_real_model_conv_layers_match_exactly():
     # Positive weights and input: every ReLU passes, so the support is the whole field.
     # Only block1's parameters are needed; a one-block VGG has the same paths.
-    model = VGG(get_arch("vgg16", width=0.125), head=None)
+    model = VGG(tiny_arch("vgg16"), head=None)
     x = jax.random.uniform(jax.random.key(1), (1, 32, 32, 1), minval=0.1)
     variables = positive_variables(VGG(get_arch(((2, 8),)), head=None), x)
     fields = by_name("vgg16")
@@ -123,7 +124,7 @@ def test_real_model_conv_layers_match_exactly():
 
 def test_real_max_pool_gradient_stays_inside_the_field():
     # A real max-pool routes the gradient through one pixel per window: a subset of the field.
-    model = VGG(get_arch("vgg11", width=0.125), head=None)
+    model = VGG(tiny_arch(), head=None)
     x = jax.random.uniform(jax.random.key(1), (1, 160, 160, 1), minval=0.1)
     variables = positive_variables(model, x)
     grad = jax.jit(jax.grad(lambda x: features(model, variables, x, ["pool5"])["pool5"][0, 2, 2, 0]))(x)

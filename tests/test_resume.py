@@ -11,6 +11,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from tiny import TINY_FLAGS, tiny_config
 
 from vggjax.config import TrainConfig
 from vggjax.errors import Interrupted
@@ -20,10 +21,10 @@ from vggjax.training.train import train_and_evaluate
 
 # BatchNorm (batch_stats), dropout (the key stream), momentum (optimizer state) and a
 # constant schedule (so one epoch then --epochs 2 is two epochs straight); 32 steps per epoch.
-CONFIG = TrainConfig(
+pytestmark = pytest.mark.slow  # every test here trains and kills real runs
+
+CONFIG = tiny_config(
     arch="vgg11_bn",
-    width=0.125,
-    hidden=64,
     dropout_rate=0.5,
     batch_size=16,
     eval_batch_size=128,
@@ -35,7 +36,7 @@ CONFIG = TrainConfig(
     checkpoint_every=5,
 )
 FLAGS = [
-    "--arch", "vgg11_bn", "--width", "0.125", "--hidden", "64", "--dropout", "0.5",
+    "--arch", "vgg11_bn", *TINY_FLAGS, "--dropout", "0.5",
     "--batch-size", "16", "--eval-batch-size", "128", "--epochs", "2", "--lr", "0.02",
     "--schedule", "constant", "--limit-train", "512", "--limit-test", "128", "--checkpoint-every", "5",
 ]  # fmt: skip

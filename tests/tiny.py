@@ -1,0 +1,28 @@
+"""The one tiny VGG the tests build, so that every test's model is the same small network.
+
+vgg11 (or any named arch) at width 1/8 — channels 8, 16, 32, 64, 64 for vgg11 — with fc6 and
+fc7 of 64 units: a few hundred thousand parameters, compiled in seconds on a 2-core CPU.
+"""
+
+from vggjax.arch import Arch, get_arch
+from vggjax.config import TrainConfig
+
+TINY = {"width": 0.125, "hidden": 64}
+TINY_FLAGS = ["--width", "0.125", "--hidden", "64"]  # the same, as vggjax train / bench flags
+
+
+def tiny_arch(arch: str = "vgg11") -> Arch:
+    """``arch`` at the tiny width."""
+    return get_arch(arch, width=TINY["width"])
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """A :class:`TrainConfig` of the tiny model; ``overrides`` set any other field."""
+    return TrainConfig(**{**TINY, **overrides})
+
+
+def tiny_model(arch: str = "vgg11", **overrides):
+    """The tiny :class:`~vggjax.nn.vgg.VGG` of ``arch``; ``overrides`` go to ``build_model``."""
+    from vggjax.nn.vgg import build_model
+
+    return build_model(arch, **{**TINY, **overrides})
