@@ -10,7 +10,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vggjax.arch import Arch, get_arch
 from vggjax.errors import ConfigError, check_positive_int
@@ -29,6 +29,59 @@ SCHEDULES = ("constant", "cosine")
 # What a run's images are: Fashion-MNIST (what `vggjax train` trains on, scaled to [0, 1])
 # or ImageNet (converted torchvision weights: RGB, torchvision's mean/std).
 DATASETS = ("fashion-mnist", "imagenet")
+
+
+class Preprocessing(NamedTuple):
+    """How an image file becomes the model's input, kept in ``config.json`` as timm's pretrained cfg.
+
+    The host (:func:`vggjax.data.images.load_image`) makes ``uint8[size, size, channels]``;
+    the device (:func:`vggjax.training.steps.preprocess`, in jit) scales it to [0, 1], resizes
+    it bilinearly to the run's ``image_size`` and computes ``(x - mean) / std``. A NamedTuple
+    is hashable (static under jit) and stays whole under ``dataclasses.asdict``.
+
+    Attributes:
+      channels: 1 (grey, ITU-R 601-2 luma) or 3 (RGB, in that order).
+      size: side in pixels of the square picture made on the host.
+      resize: None pads to a black square and resizes to ``size``; an int resizes the shorter
+        side to it and cuts the centre ``size × size`` (torchvision's Resize + CenterCrop).
+      invert: the model expects light on dark, so ``predict --invert`` applies.
+      mean, std: per-channel mean and standard deviation of pixels in [0, 1] (1 value: all).
+    """
+
+    channels: int
+    size: int
+    resize: int | None
+    invert: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def check(self, channels: int) -> None:
+        """Checks the record against the model's input ``channels``.
+
+        Raises:
+          ConfigError: for a size, channel count, mean or std that cannot work.
+        """
+        check_positive_int(self.size, "preprocessing size")
+        if self.resize is not None and check_positive_int(self.resize, "preprocessing resize") < self.size:
+            raise ConfigError(f"preprocessing resize {self.resize} is below its crop size {self.size}")
+        n = len(self.mean)
+        if self.channels != channels or n not in (1, channels) or len(self.std) != n:
+            raise ConfigError(
+                f"preprocessing {self} does not fit a model of {channels} channel(s); delete it from "
+                "config.json to take the dataset's"
+            )
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet RGB mean and std, pixels in [0, 1]
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# What each dataset's weights expect; a config.json without "preprocessing" gets its dataset's.
+PREPROCESSING = {
+    "fashion-mnist": Preprocessing(channels=1, size=28, resize=None, invert=True, mean=(0.0,), std=(1.0,)),
+    # torchvision's VGG16_Weights.IMAGENET1K_V1.transforms: Resize(256), CenterCrop(224), Normalize
+    "imagenet": Preprocessing(
+        channels=3, size=224, resize=256, invert=False, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    ),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +120,8 @@ class TrainConfig:
       num_classes: logits per example (10 for Fashion-MNIST, 1000 for ImageNet weights).
       dataset: ``"fashion-mnist"`` or ``"imagenet"`` (a converted torchvision model); says
         which preprocessing and labels the weights expect.
+      preprocessing: how image files become inputs (:class:`Preprocessing`); None (the
+        default) takes the dataset's from :data:`PREPROCESSING`.
       init_from: run folder whose weights start training (``vggjax train --init-from``);
         its arch, width, head and hidden are used; fc8 is replaced when the classes differ.
       adapt_channels: with ``init_from``, allow a different input channel count by
@@ -101,6 +156,11 @@ class TrainConfig:
     dataset: str = "fashion-mnist"
     init_from: str | None = None
     adapt_channels: bool = False
+    preprocessing: Preprocessing | None = None
+
+    def __post_init__(self):
+        if self.preprocessing is None and self.dataset in PREPROCESSING:
+            object.__setattr__(self, "preprocessing", PREPROCESSING[self.dataset])
 
     def resolved_arch(self) -> Arch:
         """The :class:`~vggjax.arch.Arch` this config trains (width applied)."""
@@ -158,6 +218,7 @@ class TrainConfig:
                 raise ConfigError(
                     f"--{flag_name(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
                 )
+        self.preprocessing.check(self.channels)
         if self.image_size < arch.min_input_size:
             raise ConfigError(
                 f"--image-size {self.image_size} is too small for {len(arch.blocks)} 2x2 max-pools; "
@@ -167,7 +228,8 @@ class TrainConfig:
 
     def to_json(self) -> str:
         """The config as indented JSON (the content of ``config.json``)."""
-        return json.dumps(dataclasses.asdict(self), indent=2)
+        prep = self.preprocessing._asdict() if self.preprocessing else None
+        return json.dumps({**dataclasses.asdict(self), "preprocessing": prep}, indent=2)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -180,6 +242,12 @@ class TrainConfig:
         unknown = set(data) - names
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(names)}")
+        prep = data.get("preprocessing")  # absent from runs written before it was recorded
+        if prep is not None:
+            if not isinstance(prep, dict) or set(prep) != set(Preprocessing._fields):
+                raise ConfigError(f"preprocessing needs the keys {list(Preprocessing._fields)}, got {prep!r}")
+            prep = {k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()}  # JSON lists
+            data = {**data, "preprocessing": Preprocessing(**prep)}
         return cls(**data)
 
     @classmethod

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vggjax.arch import get_arch
-from vggjax.config import TrainConfig
+from vggjax.config import PREPROCESSING, TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import torchfile
 from vggjax.interop import torchvision as interop
@@ -89,8 +89,10 @@ def convert_torchvision(
     """Converts a torchvision VGG weights file into a vggjax run folder.
 
     The folder's ``config.json`` describes the model (for ImageNet weights: 3 channels,
-    1000 classes, the adaptive head at 224×224, ``dataset="imagenet"``), so
-    ``vggjax predict-imagenet`` and ``vggjax train --init-from`` can use it.
+    1000 classes, the adaptive head at 224×224, ``dataset="imagenet"``) and records the
+    dataset's preprocessing (:data:`vggjax.config.PREPROCESSING`; for ImageNet torchvision's
+    resize 256, centre crop 224 and mean/std), so ``vggjax predict`` and ``vggjax train
+    --init-from`` can use it.
 
     Args:
       path: a ``torch.save`` state_dict (``.pth``) or ``.safetensors`` file.
@@ -127,6 +129,7 @@ def convert_torchvision(
         channels=head.channels,
         num_classes=head.num_classes,
         dataset=dataset,
+        preprocessing=PREPROCESSING.get(dataset),  # None for an unknown dataset: validate names it
     ).validate()
     save_run(run_dir, config, variables, overwrite=overwrite)
     return config
