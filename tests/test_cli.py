@@ -107,7 +107,7 @@ def test_convert_torchvision_then_predict_imagenet(tmp_path, capsys):
     labels = ["--labels", str(tmp_path / "labels.txt")]
     assert main(["predict-imagenet", str(run_dir), str(tmp_path / "a.png"), *labels]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].endswith("a.png") and len(lines) == 6
+    assert len(lines) == 1 and lines[0].startswith(f"{tmp_path / 'a.png'}: ") and lines[0].count(",") == 4
     # The same image through PyTorch, preprocessed the torchvision way by hand: the short
     # side 240 -> 256, the long 320 -> int(256 * 320 / 240) = 341; crop at round(58.5) = 58, 16.
     image = Image.open(tmp_path / "a.png").convert("RGB").resize((341, 256), Image.Resampling.BILINEAR)
@@ -116,18 +116,25 @@ def test_convert_torchvision_then_predict_imagenet(tmp_path, capsys):
     with torch.no_grad():
         probs = torch.softmax(module(torch.from_numpy(x.transpose(2, 0, 1)[None].copy())), -1)[0].numpy()
     best = int(probs.argmax())
-    assert lines[1].split()[:2] == ["1.", str(best)] and lines[1].endswith(f"class {best}")
-    assert abs(float(lines[1].split()[2]) - probs[best]) < 1e-4 and probs[best] < 0.99
-    # `vggjax predict` sees the run's dataset and takes the same ImageNet path.
+    assert lines[0].split(": ", 1)[1].startswith(f"class {best} ") and probs[best] < 0.99
+    # predict-imagenet --json (it had none) gives the probabilities in full.
+    assert main(["predict-imagenet", str(run_dir), str(tmp_path / "a.png"), *labels, "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    assert [t["index"] for t in top] == np.argsort(-probs)[:5].tolist()
+    assert [t["class"] for t in top] == [f"class {t['index']}" for t in top]
+    np.testing.assert_allclose([t["prob"] for t in top], probs[[t["index"] for t in top]], atol=1e-4)
+    # `vggjax predict` reads the run's preprocessing and takes the same ImageNet path.
     assert main(["predict", str(run_dir), str(tmp_path / "a.png"), "--top-k", "5", *labels]) == 0
     assert capsys.readouterr().out.splitlines() == lines
     assert main(["eval", str(run_dir)]) == 2
     assert "holds imagenet weights; vggjax eval scores Fashion-MNIST runs" in capsys.readouterr().err
-    # --top 0 / --top-k 0 used to print one class and exit 0
+    # --top 0 / --top-k 0 used to print one class and exit 0; --top 13 used to print 12 classes
     assert main(["predict-imagenet", str(run_dir), str(tmp_path / "a.png"), "--top", "0"]) == 2
-    assert capsys.readouterr() == ("", "error: --top must be a positive integer, got 0\n")
+    assert capsys.readouterr() == ("", "error: --top-k must be between 1 and 12, got 0\n")
     assert main(["predict", str(run_dir), str(tmp_path / "a.png"), "--top-k", "-3"]) == 2
-    assert capsys.readouterr() == ("", "error: --top-k must be a positive integer, got -3\n")
+    assert capsys.readouterr() == ("", "error: --top-k must be between 1 and 12, got -3\n")
+    assert main(["predict-imagenet", str(run_dir), str(tmp_path / "a.png"), "--top", "13"]) == 2
+    assert capsys.readouterr() == ("", "error: --top-k must be between 1 and 12, got 13\n")
     # An unreadable file gets its error line and the others are still predicted (exit 1),
     # as `vggjax predict` does for a Fashion-MNIST run.
     (tmp_path / "bad.png").write_bytes(b"not an image")
@@ -144,6 +151,46 @@ def test_convert_torchvision_then_predict_imagenet(tmp_path, capsys):
         "error: the file holds weights without BatchNorm, i.e. vgg11, but the arch is vgg11_bn"
     )
     assert len(err.strip().splitlines()) == 1
+
+
+def test_predict_json_is_one_layout_for_both_kinds_of_run(tmp_path, capsys, tiny_run):
+    import torch
+    from PIL import Image
+    from torch_vgg import make_torch_vgg
+
+    from vggjax.data import CLASS_NAMES
+
+    module = make_torch_vgg("vgg11", width=0.125, hidden=64, num_classes=12)
+    torch.save(module.state_dict(), tmp_path / "w.pth")
+    converted = tmp_path / "tv"
+    args = ["convert-torchvision", str(tmp_path / "w.pth"), "--arch", "vgg11", "--width", "0.125"]
+    assert main([*args, "--out", str(converted)]) == 0
+    noise = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "a.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    files = [str(tmp_path / "a.png"), str(tmp_path / "bad.png")]
+    docs = {}
+    for kind, run_dir in [("fashion-mnist", tiny_run), ("imagenet", converted)]:
+        capsys.readouterr()
+        assert main(["predict", str(run_dir), *files, "--top-k", "2", "--json"]) == 1, kind
+        out, err = capsys.readouterr()
+        docs[kind] = json.loads(out)
+        assert err.startswith(f"error: {files[1]}: not an image") and err.count("\n") == 1
+    # One layout: "inverted" only where the run's preprocessing inverts (Fashion-MNIST).
+    assert [list(r) for r in docs["fashion-mnist"]] == [["file", "inverted", "top"], ["file", "error"]]
+    assert [list(r) for r in docs["imagenet"]] == [["file", "top"], ["file", "error"]]
+    for kind, doc in docs.items():
+        assert [r["file"] for r in doc] == files and doc[1]["error"].startswith(f"{files[1]}: not an image")
+        assert [list(t) for t in doc[0]["top"]] == [["class", "index", "prob"]] * 2, kind
+        assert doc[0]["top"][0]["prob"] >= doc[0]["top"][1]["prob"] > 0
+    assert [t["class"] for t in docs["fashion-mnist"][0]["top"]] == [
+        CLASS_NAMES[t["index"]] for t in docs["fashion-mnist"][0]["top"]
+    ]
+    assert [t["class"] for t in docs["imagenet"][0]["top"]] == [None, None]  # no --labels: no names
+    assert main(["predict-imagenet", str(tiny_run), files[0]]) == 2
+    assert "is a fashion-mnist model with 1 channel(s), not ImageNet weights" in capsys.readouterr().err
+    assert main(["predict", str(converted), files[0], "--invert", "yes"]) == 2
+    assert "--invert is for runs of light-on-dark pictures" in capsys.readouterr().err
 
 
 def test_train_init_from_converted_weights(tmp_path, capsys, fashion_small):

@@ -8,10 +8,12 @@ from tiny import TINY, tiny_arch, tiny_config
 from torch_vgg import make_torch_vgg
 
 from vggjax.cli import main
+from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import pretrained
 from vggjax.interop.torchfile import read_state_dict
 from vggjax.interop.torchvision import HeadShape
+from vggjax.preprocessing import PREPROCESSING
 from vggjax.run.folder import RunDir
 
 
@@ -39,12 +41,36 @@ def test_convert_writes_a_run_folder_describing_the_model(small):
     assert config["arch"] == "vgg11_bn" and config["width"] == 0.125 and config["head"] == "adaptive"
     assert (config["channels"], config["num_classes"], config["hidden"]) == (3, 20, 64)
     assert config["dataset"] == "imagenet" and config["image_size"] == 224
+    # The preprocessing the weights expect is recorded, as timm's pretrained cfg does.
+    assert config["preprocessing"] == {
+        "channels": 3,
+        "size": 224,
+        "resize": 256,
+        "invert": False,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
     loaded, variables = RunDir(root / "run").config(), RunDir(root / "run").read_variables()
-    assert loaded.num_classes == 20
+    assert loaded.num_classes == 20 and loaded.preprocessing == PREPROCESSING["imagenet"]
     np.testing.assert_array_equal(
         variables["params"]["block1"]["conv1"]["kernel"],
         module.features[0].weight.detach().numpy().transpose(2, 3, 1, 0),
     )
+
+
+def test_config_json_without_preprocessing_takes_its_datasets(small):
+    _, root = small
+    saved = json.loads((root / "run" / "config.json").read_text())
+    assert TrainConfig.from_dict(saved) == TrainConfig.load(root / "run" / "config.json")
+    old = {k: v for k, v in saved.items() if k != "preprocessing"}  # written before it was recorded
+    assert TrainConfig.from_dict(old).preprocessing == PREPROCESSING["imagenet"]
+    old["dataset"] = "fashion-mnist"
+    assert TrainConfig.from_dict(old).preprocessing == PREPROCESSING["fashion-mnist"]
+    with pytest.raises(ConfigError, match="preprocessing needs the keys"):
+        TrainConfig.from_dict({**saved, "preprocessing": {"size": 224}})
+    wrong = {**saved, "preprocessing": {**saved["preprocessing"], "channels": 1, "mean": [0.5], "std": [0.5]}}
+    with pytest.raises(ConfigError, match="does not fit a model of 3 channel"):
+        TrainConfig.from_dict(wrong).validate()
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])

@@ -4,8 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
+from vggjax.errors import DataError
 from vggjax.nn.vgg import build_model
+from vggjax.preprocessing import PREPROCESSING
 from vggjax.training.steps import create_train_state, eval_step, preprocess, train_step
 
 
@@ -18,6 +21,23 @@ def test_preprocess_scales_then_resizes():
     rnd = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
     x = np.asarray(preprocess(jnp.asarray(rnd), 32))
     assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5
+
+
+def test_preprocess_normalises_as_the_record_says():
+    red = np.zeros((1, 2, 2, 3), np.uint8)
+    red[..., 0] = 255
+    imagenet = PREPROCESSING["imagenet"]
+    out = np.asarray(jax.jit(preprocess, static_argnums=(1, 2))(red, 2, imagenet))[0, 0, 0]
+    expected = [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (0 - 0.406) / 0.225]  # torchvision's Normalize
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(preprocess(red, 2))[0, 0, 0], [1, 0, 0])  # Fashion-MNIST's
+    # The two classic mistakes cannot get through: 0..255 floats and pre-scaled floats.
+    with pytest.raises(DataError, match="takes uint8 pixels .*got float32"):
+        preprocess(red.astype(np.float32), 2, imagenet)
+    with pytest.raises(DataError, match="takes uint8 pixels .*got float64"):
+        preprocess(red / 255.0, 2, imagenet)
+    with pytest.raises(DataError, match="takes 3 channels"):
+        preprocess(np.zeros((1, 2, 2, 1), np.uint8), 2, imagenet)
 
 
 def _state(hidden=32):

@@ -19,7 +19,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from vggjax.errors import ConfigError, Interrupted, StdoutError, VggjaxError, check_positive_int
+from vggjax.errors import Interrupted, StdoutError, VggjaxError
 from vggjax.runtime import keep_freed_memory
 
 
@@ -206,41 +206,45 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict_parser(sub) -> None:
     p = sub.add_parser(
         "predict",
-        help="classify image files with a trained run",
-        description="Classify PNG/JPEG files (any size or mode) with a trained run. Fashion-MNIST is a "
-        "light garment on black; with --invert auto an image whose border is mostly light (a garment "
-        "on white) is inverted first. Exit status 1 if any file could not be read.",
+        help="classify image files with a run (trained, or converted torchvision weights)",
+        description="Classify image files (any format, size or mode) with a run, preprocessed as its "
+        "config.json records: a Fashion-MNIST run sees a light garment on black (with --invert auto a "
+        "picture whose border is mostly light is inverted first); converted ImageNet weights see "
+        "torchvision's resize 256, centre crop 224. Exit status 1 if any file could not be read.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by vggjax train")
+    _add_predict_args(p, top_k=3)
+
+
+def _add_predict_args(p: argparse.ArgumentParser, *, top_k: int, imagenet_only: bool = False) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder from vggjax train or convert-torchvision")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
-    p.add_argument("--top-k", type=int, default=3, help="classes to print per image")
-    p.add_argument("--invert", choices=["auto", "yes", "no"], default="auto", help="make it light-on-black")
+    p.add_argument("--top-k", "--top", dest="top_k", type=int, default=top_k, help="classes per image")
+    p.add_argument("--invert", help="Fashion-MNIST runs: make it light-on-black: auto (default), yes or no")
+    p.add_argument("--labels", help="class names, one per line (default: the dataset's, if it has them)")
     p.add_argument("--checkpoint", help="weights folder to use instead of RUN_DIR/weights")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--labels", help="ImageNet runs (convert-torchvision): class names, one per line")
-    p.set_defaults(func=_predict, parser=p)
+    p.set_defaults(func=_predict, parser=p, imagenet_only=imagenet_only)
 
 
 def _predict(args: argparse.Namespace) -> int:
     import json
 
     from vggjax.run.runs import load_run
-    from vggjax.tasks.predict import format_prediction, predict_files
+    from vggjax.tasks.predict import check_imagenet_run, format_prediction, predict_files, read_labels
 
     run = load_run(args.run_dir, args.checkpoint)
-    if run.config.dataset == "imagenet":  # converted torchvision weights: ImageNet preprocessing
-        if args.json:
-            raise ConfigError("--json is for Fashion-MNIST runs; drop it for ImageNet weights")
-        return _print_imagenet(run, args.images, top=args.top_k, labels=args.labels, flag="--top-k")
-    results = predict_files(run, args.images, top_k=args.top_k, invert=args.invert)
+    if args.imagenet_only:
+        check_imagenet_run(run.config, args.run_dir)
+    labels = read_labels(args.labels, run.config.num_classes) if args.labels else None
+    results = predict_files(run, args.images, top_k=args.top_k, invert=args.invert, labels=labels)
     for r in results:
-        if "error" in r:
+        if r.error is not None:
             print(format_prediction(r), file=sys.stderr)
         elif not args.json:
             _out(format_prediction(r))
     if args.json:
-        _out(json.dumps(results, indent=1))
-    return 1 if any("error" in r for r in results) else 0
+        _out(json.dumps([r.to_json() for r in results], indent=1))
+    return 1 if any(r.error is not None for r in results) else 0
 
 
 def _receptive_field_parser(sub) -> None:
@@ -324,42 +328,11 @@ def _export(args: argparse.Namespace) -> int:
 def _predict_imagenet_parser(sub) -> None:
     p = sub.add_parser(
         "predict-imagenet",
-        help="top-5 ImageNet classes of image files with converted torchvision weights",
-        description="Classify image files with a run from convert-torchvision: resize 256, centre crop 224, "
-        "RGB in [0, 1], torchvision's mean/std; prints the top classes and probabilities.",
+        help="vggjax predict, top 5 by default, for converted torchvision weights only",
+        description="vggjax predict for a run from convert-torchvision (it refuses others): resize 256, "
+        "centre crop 224, RGB in [0, 1], torchvision's mean/std; prints the top classes.",
     )
-    p.add_argument("run_dir", help="run folder from vggjax convert-torchvision")
-    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
-    p.add_argument("--labels", help="class names, one per line (line i names class i)")
-    p.add_argument("--top", type=int, default=5, help="classes to print per image")
-    p.set_defaults(func=_predict_imagenet, parser=p)
-
-
-def _predict_imagenet(args: argparse.Namespace) -> int:
-    from vggjax.run.runs import load_run
-    from vggjax.tasks import imagenet
-
-    run = load_run(args.run_dir)
-    imagenet.check_run(run.config, args.run_dir)
-    return _print_imagenet(run, args.images, top=args.top, labels=args.labels, flag="--top")
-
-
-def _print_imagenet(run, images: Sequence[str], *, top: int, labels: str | None, flag: str) -> int:
-    """Top classes of each image under a converted torchvision run, one indented line each."""
-    from vggjax.tasks import imagenet
-
-    check_positive_int(top, flag)  # was silently raised to 1
-    names = imagenet.read_labels(labels, run.config.num_classes) if labels else None
-    results = imagenet.predict_files(run.model, run.variables, images, top=top)
-    for path, result in zip(images, results, strict=True):
-        if isinstance(result, Exception):  # an unreadable file: one line, the others go on
-            print(f"error: {result}", file=sys.stderr)
-            continue
-        _out(path)
-        for rank, (i, prob) in enumerate(zip(*result, strict=True), 1):
-            name = f"  {names[i]}" if names else ""
-            _out(f"  {rank}. {i:4d}  {prob:.4f}{name}")
-    return 1 if any(isinstance(r, Exception) for r in results) else 0
+    _add_predict_args(p, top_k=5, imagenet_only=True)
 
 
 def _bench_parser(sub) -> None:

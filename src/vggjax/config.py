@@ -14,6 +14,7 @@ from typing import Any
 
 from vggjax.arch import Arch, get_arch
 from vggjax.errors import ConfigError, check_positive_int
+from vggjax.preprocessing import PREPROCESSING, Preprocessing
 
 # Every choice a config or a model takes, defined once (this module imports no JAX).
 # The dense head: the d2l chapter's flatten, torchvision's 7x7 adaptive average pool; a
@@ -132,6 +133,13 @@ class TrainConfig:
         False,
         "with --init-from: adapt 3-channel weights to grey images (timm's in_chans: RGB kernels summed)",
     )
+    preprocessing: Preprocessing | None = option(
+        None, "how image files become inputs (a Preprocessing); None takes the dataset's", cli=False
+    )
+
+    def __post_init__(self):
+        if self.preprocessing is None and self.dataset in PREPROCESSING:
+            object.__setattr__(self, "preprocessing", PREPROCESSING[self.dataset])
 
     def resolved_arch(self) -> Arch:
         """The :class:`~vggjax.arch.Arch` this config trains (width applied)."""
@@ -169,6 +177,7 @@ class TrainConfig:
             allowed, value = f.metadata["choices"], getattr(self, f.name)
             if allowed and value not in allowed:
                 raise ConfigError(f"--{flag_name(f.name)} must be one of {', '.join(allowed)}, got {value!r}")
+        self.preprocessing.check(self.channels)
         if self.image_size < arch.min_input_size:
             raise ConfigError(
                 f"--image-size {self.image_size} is too small for {len(arch.blocks)} 2x2 max-pools; "
@@ -178,7 +187,8 @@ class TrainConfig:
 
     def to_json(self) -> str:
         """The config as indented JSON (the content of ``config.json``)."""
-        return json.dumps(dataclasses.asdict(self), indent=2)
+        prep = self.preprocessing._asdict() if self.preprocessing else None
+        return json.dumps({**dataclasses.asdict(self), "preprocessing": prep}, indent=2)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -191,6 +201,12 @@ class TrainConfig:
         unknown = set(data) - names
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(names)}")
+        prep = data.get("preprocessing")  # absent from runs written before it was recorded
+        if prep is not None:
+            if not isinstance(prep, dict) or set(prep) != set(Preprocessing._fields):
+                raise ConfigError(f"preprocessing needs the keys {list(Preprocessing._fields)}, got {prep!r}")
+            prep = {k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()}  # JSON lists
+            data = {**data, "preprocessing": Preprocessing(**prep)}
         return cls(**data)
 
     @classmethod

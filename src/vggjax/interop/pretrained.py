@@ -26,6 +26,7 @@ from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import torchfile
 from vggjax.interop import torchvision as interop
 from vggjax.nn.vgg import check_shapes
+from vggjax.preprocessing import PREPROCESSING
 from vggjax.run.folder import RunDir
 
 # Fields that define the network (and so must match the weights); the rest is training.
@@ -46,8 +47,10 @@ def convert_torchvision(
     """Converts a torchvision VGG weights file into a vggjax run folder.
 
     The folder's ``config.json`` describes the model (for ImageNet weights: 3 channels,
-    1000 classes, the adaptive head at 224×224, ``dataset="imagenet"``), so
-    ``vggjax predict-imagenet`` and ``vggjax train --init-from`` can use it.
+    1000 classes, the adaptive head at 224×224, ``dataset="imagenet"``) and records the
+    dataset's preprocessing (:data:`vggjax.config.PREPROCESSING`; for ImageNet torchvision's
+    resize 256, centre crop 224 and mean/std), so ``vggjax predict`` and ``vggjax train
+    --init-from`` can use it.
 
     Args:
       path: a ``torch.save`` state_dict (``.pth``) or ``.safetensors`` file.
@@ -84,6 +87,7 @@ def convert_torchvision(
         channels=head.channels,
         num_classes=head.num_classes,
         dataset=dataset,
+        preprocessing=PREPROCESSING.get(dataset),  # None for an unknown dataset: validate names it
     ).validate()
     RunDir(run_dir).save(config, variables, overwrite=overwrite)
     return config

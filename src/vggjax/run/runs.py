@@ -30,21 +30,23 @@ def load_run(run_dir: str | Path, checkpoint_dir: str | Path | None = None) -> L
     return RunDir(run_dir).load(checkpoint_dir)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "image_size"))
-def _logits(model: VGG, variables: dict, images: jax.Array, image_size: int) -> jax.Array:
-    return model.apply(variables, preprocess(images, image_size), train=False)
+@functools.partial(jax.jit, static_argnames=("model", "image_size", "preprocessing"))
+def _logits(model: VGG, variables: dict, images: jax.Array, image_size: int, preprocessing) -> jax.Array:
+    return model.apply(variables, preprocess(images, image_size, preprocessing), train=False)
 
 
 def predict_logits(run: LoadedRun, images: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
     """Logits of the run's model for host images, through the training preprocess.
 
-    Images go through :func:`vggjax.training.steps.preprocess` (scale to [0, 1], bilinear resize to
-    ``config.image_size``) exactly as in ``train_step``; batches are padded to
+    Images go through :func:`vggjax.training.steps.preprocess` with the run's
+    ``config.preprocessing`` (scale to [0, 1], bilinear resize to ``config.image_size``,
+    then its mean/std), exactly as in ``train_step``; batches are padded to
     ``batch_size`` so one compiled shape serves every batch.
 
     Args:
       run: a loaded run.
-      images: ``uint8[N, H, W, 1]`` (Fashion-MNIST: ``H = W = 28``), light object on black.
+      images: ``uint8[N, H, W, C]`` as :func:`vggjax.data.images.load_image` makes them
+        (Fashion-MNIST: 28×28 grey, light object on black; ImageNet: 224×224 RGB).
       batch_size: images per device call.
 
     Returns:
@@ -52,8 +54,9 @@ def predict_logits(run: LoadedRun, images: np.ndarray, *, batch_size: int = 500)
     """
     n = len(images)
     batch_size = min(batch_size, max(n, 1))  # data.batches rejects batch_size < 1
+    size, prep = run.config.image_size, run.config.preprocessing
     out = [
-        np.asarray(_logits(run.model, run.variables, b["image"], run.config.image_size))
+        np.asarray(_logits(run.model, run.variables, b["image"], size, prep))
         for b in data.batches({"image": images}, batch_size, shuffle=False, pad=True)
     ]
     return np.concatenate(out)[:n] if out else np.zeros((0, run.model.num_classes), np.float32)

@@ -1,165 +1,188 @@
-"""``vggjax predict``: classify your own PNG/JPEG files with a trained run.
+"""``vggjax predict``: classify image files with any run, as its ``config.json`` says.
 
-Fashion-MNIST images are 28×28 grey, a light garment centred on a black background.
-A file is turned into such an image with Pillow, then goes through the same
-``steps.preprocess`` as every training batch (scale to [0, 1], bilinear resize to the
-run's ``image_size``):
+There is one path for every run. Each file is decoded and made into what the model saw
+by :func:`vggjax.data.images.load_image` under the run's ``config.preprocessing``
+(Fashion-MNIST: a 28×28 grey light garment on black, with ``--invert``; converted
+torchvision weights: torchvision's resize 256 + centre crop 224, RGB), then goes through
+the training step's own :func:`vggjax.training.steps.preprocess` (scale to [0, 1], resize
+to the run's ``image_size``, mean/std) and the model. Each file gives one
+:class:`Prediction`: its top classes, or the one-line error of a file that cannot be read
+(the other files are still predicted).
 
-1. Open and decode; a JPEG's EXIF orientation is applied.
-2. Grey: 16-bit grey (``I;16``, ``I``) is scaled 0..65535 → 0..255 (Pillow's own
-   conversion would clip it); an image with transparency (RGBA, LA, a palette with a
-   transparent colour) is first composited onto **white**, as a viewer shows it, so
-   transparent areas count as background; everything else uses Pillow's ``convert("L")``
-   (ITU-R 601-2 luma).
-3. Inversion (``invert``): ``"auto"`` inverts when the border (the outer 1/14 of each
-   side, 2 px at 28×28) is mostly light (more than half its pixels ≥ 128), i.e. a
-   photo of a garment on a white or light table becomes light-on-black like the
-   training data; ``"yes"`` / ``"no"`` force the choice.
-4. Pad to a square with black (the training background), centred, keeping the aspect
-   ratio; resize to 28×28 (Pillow bilinear, antialiased when shrinking).
-
-Best results come from one garment filling most of the frame on a plain background.
+Best results on a Fashion-MNIST run come from one garment filling most of the frame on a
+plain background.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vggjax import data
-from vggjax.errors import ConfigError, DataError, first_line
+from vggjax.config import TrainConfig
+from vggjax.data.images import check_invert, load_image
+from vggjax.errors import ConfigError, DataError
 from vggjax.run.runs import LoadedRun, predict_logits, softmax
 
-INVERT_CHOICES = ("auto", "yes", "no")
+# Class names a run's dataset comes with (ImageNet's 1000 come from --labels).
+DATASET_CLASS_NAMES = {"fashion-mnist": data.CLASS_NAMES}
+# Pixels per device call: 8 ImageNet crops (224×224), or 64 pictures of 32×32 and smaller.
+PIXELS_PER_CALL = 8 * 224 * 224
+MAX_BATCH = 64
 
 
-def to_grey(img: Image.Image) -> np.ndarray:
-    """Any Pillow image → ``uint8[H, W]`` grey (steps 1–2 of the module docstring).
+class Guess(NamedTuple):
+    """One of a file's top classes.
+
+    Attributes:
+      index: class index, the model's output unit.
+      name: its name (from ``--labels`` or the dataset), None where the run has none.
+      prob: softmax probability in [0, 1].
+    """
+
+    index: int
+    name: str | None
+    prob: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """What :func:`predict_files` says about one file.
+
+    Attributes:
+      file: the path as given.
+      top: the most probable classes, most probable first (empty for an error).
+      inverted: whether the picture was inverted (``--invert``); None where the run's
+        preprocessing does not invert (ImageNet weights) or the file had an error.
+      error: the one-line message of a file that could not be read, else None.
+    """
+
+    file: str
+    top: tuple[Guess, ...] = ()
+    inverted: bool | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"file", "inverted" (where it applies), "top": [{"class", "index", "prob"}]}``, or
+        ``{"file", "error"}``: the layout of ``vggjax predict --json`` for every run."""
+        if self.error is not None:
+            return {"file": self.file, "error": self.error}
+        out: dict[str, Any] = {"file": self.file}
+        if self.inverted is not None:
+            out["inverted"] = self.inverted
+        out["top"] = [{"class": g.name, "index": g.index, "prob": g.prob} for g in self.top]
+        return out
+
+
+def format_prediction(p: Prediction) -> str:
+    """One line: ``file: Class 0.912, Class 0.051, ...   (inverted)``, or ``error: <message>``.
+
+    A class without a name shows as ``#index``.
+    """
+    if p.error is not None:
+        return f"error: {p.error}"
+    top = ", ".join(f"{g.name if g.name is not None else f'#{g.index}'} {g.prob:.3f}" for g in p.top)
+    return f"{p.file}: {top}" + ("   (inverted)" if p.inverted else "")
+
+
+def read_labels(path: str | Path, num_classes: int) -> list[str]:
+    """Class names, one per line (line ``i`` names class ``i``), e.g. ImageNet's 1000.
+
+    Blank lines at the end are ignored; names are stripped.
 
     Raises:
-      DataError: for a mode Pillow cannot convert to grey.
+      DataError: if the file is missing or its line count is not ``num_classes``.
     """
-    if img.mode.startswith("I;16") or img.mode == "I":
-        a = np.asarray(img).astype(np.float64)
-        scale = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        return np.clip(np.round(a * (255.0 / scale)), 0, 255).astype(np.uint8)
-    if img.mode == "F":
-        a = np.asarray(img, np.float64)
-        return np.clip(np.round(a * 255.0 if a.max() <= 1.0 else a), 0, 255).astype(np.uint8)
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     try:
-        return np.asarray(img.convert("L"))
-    except ValueError as e:
+        names = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read labels file {path}: {e}") from None
+    while names and not names[-1].strip():
+        names.pop()
+    if len(names) != num_classes:
         raise DataError(
-            f"cannot convert image mode {img.mode} to grey ({e}); save it as RGB or grey"
-        ) from None
+            f"labels file {path} has {len(names)} lines but the model has {num_classes} classes; "
+            "give one class name per line"
+        )
+    return [n.strip() for n in names]
 
 
-def border_is_light(grey: np.ndarray) -> bool:
-    """Whether more than half of the border pixels of ``uint8[H, W]`` are ≥ 128.
-
-    The border is the outer ``max(1, min(H, W) // 14)`` pixels of each side.
-    """
-    h, w = grey.shape
-    b = max(1, min(h, w) // 14)
-    ring = np.concatenate(
-        [grey[:b].ravel(), grey[-b:].ravel(), grey[b:-b, :b].ravel(), grey[b:-b, -b:].ravel()]
-    )
-    return bool(np.mean(ring >= 128) > 0.5)
-
-
-def load_image(
-    path: str | Path, *, invert: str = "auto", size: int = data.IMAGE_SIZE
-) -> tuple[np.ndarray, bool]:
-    """Reads an image file as a Fashion-MNIST-style picture (the module docstring's steps).
-
-    Args:
-      path: a PNG, JPEG or any other file Pillow can decode; any size and mode.
-      invert: ``"auto"``, ``"yes"`` or ``"no"``.
-      size: output side in pixels (28, the dataset's).
-
-    Returns:
-      ``(uint8[size, size, 1], inverted)``: light object on black, and whether the
-      grey image was inverted.
+def check_imagenet_run(config: TrainConfig, run_dir: str | Path) -> None:
+    """Checks that a run holds ImageNet weights (made by ``vggjax convert-torchvision``).
 
     Raises:
-      DataError: for a file that is missing, unreadable, not an image, or truncated.
-      ConfigError: for an unknown ``invert``.
+      DataError: for another run, for which ``vggjax predict-imagenet`` was not meant.
     """
-    if invert not in INVERT_CHOICES:
-        raise ConfigError(f"--invert must be one of {', '.join(INVERT_CHOICES)}, got {invert!r}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            grey = to_grey(ImageOps.exif_transpose(img))
-    except DataError as e:
-        raise DataError(f"{path}: {e}") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image Pillow can read; give a PNG or JPEG file") from None
-    except Exception as e:  # any decoder failure (OSError, SyntaxError, struct.error ...) is a bad file
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
-        raise DataError(f"{path}: cannot read image ({reason}); give a readable PNG or JPEG file") from None
-    inverted = invert == "yes" or (invert == "auto" and border_is_light(grey))
-    if inverted:
-        grey = 255 - grey
-    h, w = grey.shape
-    side = max(h, w)
-    square = np.zeros((side, side), np.uint8)
-    square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = grey
-    small = Image.fromarray(square).resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(small)[..., None], inverted
+    if config.dataset != "imagenet" or config.channels != 3:
+        raise DataError(
+            f"{run_dir} is a {config.dataset} model with {config.channels} channel(s), not ImageNet weights; "
+            "predict-imagenet needs a folder from vggjax convert-torchvision"
+        )
 
 
 def predict_files(
-    run: LoadedRun, paths: Sequence[str | Path], *, top_k: int = 3, invert: str = "auto"
-) -> list[dict]:
-    """Top-``k`` classes for each file; a file that cannot be read gets an error entry.
+    run: LoadedRun,
+    paths: Sequence[str | Path],
+    *,
+    top_k: int = 3,
+    invert: str | None = None,
+    labels: Sequence[str] | None = None,
+) -> list[Prediction]:
+    """The top ``top_k`` classes of each image file under a run, as its preprocessing says.
 
     Args:
-      run: a loaded run (:func:`vggjax.run.runs.load_run`).
-      paths: image files.
-      top_k: classes to report per file, most probable first.
-      invert: see :func:`load_image`.
+      run: a loaded run (:func:`vggjax.run.runs.load_run`), trained or converted.
+      paths: image files (any format, size and mode Pillow reads).
+      top_k: classes per file, most probable first.
+      invert: ``"auto"`` (None: the default), ``"yes"`` or ``"no"``, for runs whose
+        preprocessing inverts (see :func:`vggjax.data.images.load_image`).
+      labels: class names (``labels[i]`` names class ``i``); None takes the dataset's.
 
     Returns:
-      One dict per path, in order: ``{"file", "inverted", "top": [{"class", "index",
-      "prob"}] * top_k}`` or ``{"file", "error"}`` (the one-line message).
+      One :class:`Prediction` per path, in order; a file that cannot be read gets its
+      error and the others are still predicted.
 
     Raises:
-      ConfigError: for ``top_k`` outside 1..num_classes or an unknown ``invert``.
+      ConfigError: for ``top_k`` outside 1..num_classes, an unknown ``invert`` or one given
+        for a run that does not invert, or ``labels`` of another length than the classes.
     """
-    k = run.model.num_classes
-    if not 1 <= top_k <= k:
-        raise ConfigError(f"--top-k must be between 1 and {k}, got {top_k}")
-    if invert not in INVERT_CHOICES:
-        raise ConfigError(f"--invert must be one of {', '.join(INVERT_CHOICES)}, got {invert!r}")
-    results: list[dict] = []
-    images = []
+    config, k = run.config, run.model.num_classes
+    prep = config.preprocessing
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= k:
+        raise ConfigError(f"--top-k must be between 1 and {k}, got {top_k!r}")
+    if invert is not None and not prep.invert:
+        raise ConfigError(
+            f"--invert is for runs of light-on-dark pictures (Fashion-MNIST); the {config.dataset} run's "
+            "preprocessing does not invert: drop --invert"
+        )
+    invert = check_invert(invert or "auto")
+    if labels is not None and len(labels) != k:
+        raise ConfigError(f"{len(labels)} class names for a model of {k} classes; give one name per class")
+    names = labels if labels is not None else DATASET_CLASS_NAMES.get(config.dataset)
+    names = names if names is not None and len(names) == k else None
+    loaded: list[tuple[np.ndarray, bool | None] | DataError] = []
     for path in paths:
         try:
-            image, inverted = load_image(path, invert=invert)
+            loaded.append(load_image(path, prep, invert=invert))
         except DataError as e:
-            results.append({"file": str(path), "error": str(e)})
+            loaded.append(e)
+    good = [x for x in loaded if not isinstance(x, DataError)]
+    probs = iter(())
+    if good:
+        side = max(prep.size, config.image_size)
+        batch_size = max(1, min(MAX_BATCH, PIXELS_PER_CALL // side**2))
+        probs = iter(softmax(predict_logits(run, np.stack([x[0] for x in good]), batch_size=batch_size)))
+    results = []
+    for path, x in zip(paths, loaded, strict=True):
+        if isinstance(x, DataError):
+            results.append(Prediction(str(path), error=str(x)))
             continue
-        results.append({"file": str(path), "inverted": inverted})
-        images.append(image)
-    if images:
-        probs = softmax(predict_logits(run, np.stack(images), batch_size=64))
-        good = (r for r in results if "error" not in r)
-        for r, p in zip(good, probs, strict=True):
-            order = np.argsort(-p, kind="stable")[:top_k]
-            r["top"] = [{"class": data.CLASS_NAMES[i], "index": int(i), "prob": float(p[i])} for i in order]
+        p = next(probs)
+        order = np.argsort(-p, kind="stable")[:top_k]
+        top = tuple(Guess(int(i), names[i] if names else None, float(p[i])) for i in order)
+        results.append(Prediction(str(path), top=top, inverted=x[1]))
     return results
-
-
-def format_prediction(result: dict) -> str:
-    """One line: ``file: Class 0.912, Class 0.051, ... [inverted]`` (or the error)."""
-    if "error" in result:
-        return f"error: {result['error']}"
-    top = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in result["top"])
-    return f"{result['file']}: {top}" + ("   (inverted)" if result["inverted"] else "")

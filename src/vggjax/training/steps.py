@@ -1,8 +1,9 @@
 """Pure train and eval steps; the caller jits them.
 
 Batches are dicts of host arrays: ``{"image": uint8[B, H, W, C], "label": int32[B]}``,
-plus ``"mask": bool[B]`` for padded eval batches. Scaling to [0, 1] and resizing to
-the model's input size happen here, on the device, inside the jitted step.
+plus ``"mask": bool[B]`` for padded eval batches. Scaling to [0, 1], resizing to the
+model's input size and normalising (:func:`preprocess`) happen here, on the device,
+inside the jitted step.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import optax
 from flax import linen as nn
 from flax.training import train_state
 
+from vggjax.errors import DataError
+from vggjax.preprocessing import PREPROCESSING, Preprocessing
+
 
 class TrainState(train_state.TrainState):
     """Flax's TrainState plus the ``batch_stats`` collection (empty without BatchNorm)."""
@@ -22,17 +26,44 @@ class TrainState(train_state.TrainState):
     batch_stats: Any = None
 
 
-def preprocess(images: jax.Array, image_size: int) -> jax.Array:
-    """``uint8[N, H, W, C]`` → ``float32[N, S, S, C]`` in [0, 1], ``S = image_size``.
+def preprocess(
+    images: jax.Array, image_size: int, preprocessing: Preprocessing = PREPROCESSING["fashion-mnist"]
+) -> jax.Array:
+    """``uint8[N, H, W, C]`` → ``float32[N, S, S, C]``, ``S = image_size``, as ``preprocessing`` says.
 
-    Pixels are scaled first (255 → 1.0) and then resized bilinearly, so a resize can
-    never turn a uint8 image into zeros; the result is clipped to [0, 1].
+    Pixels are scaled first (255 → 1.0), then resized bilinearly (so a resize can never
+    turn a uint8 image into zeros) and clipped to [0, 1], then normalised as
+    ``(x - mean) / std`` per channel: Fashion-MNIST's record (the default, what training
+    uses) stops at [0, 1]; ImageNet's is torchvision's ``Normalize(mean, std)``. Taking
+    ``uint8`` only rules out the two classic mistakes, normalising 0..255 floats and
+    scaling pixels twice.
+
+    Args:
+      images: raw pixels, e.g. from :func:`vggjax.data.images.load_image`.
+      image_size: the model's input side in pixels (static under jit).
+      preprocessing: the run's :class:`~vggjax.config.Preprocessing` (static under jit).
+
+    Raises:
+      DataError: if ``images`` is not ``uint8``, or has another channel count than
+        ``preprocessing``'s mean/std (one value fits any count).
     """
+    mean, std = preprocessing.mean, preprocessing.std
+    if images.dtype != jnp.uint8:
+        raise DataError(
+            f"preprocess takes uint8 pixels (0..255), got {images.dtype}; pass the raw pixels "
+            "(e.g. from vggjax.data.images.load_image), not scaled floats"
+        )
+    n, h, w, c = images.shape
+    if len(mean) not in (1, c):
+        raise DataError(f"the preprocessing takes {len(mean)} channels, got images of shape {images.shape}")
     x = images.astype(jnp.float32) / 255.0
-    n, h, w, c = x.shape
     if (h, w) != (image_size, image_size):
         x = jax.image.resize(x, (n, image_size, image_size, c), method="bilinear")
-    return jnp.clip(x, 0.0, 1.0)
+    x = jnp.clip(x, 0.0, 1.0)
+    if any(m != 0 for m in mean) or any(s != 1 for s in std):  # static: no ops for Fashion-MNIST
+        shape = (1, 1, 1, len(mean))
+        x = (x - jnp.asarray(mean, jnp.float32).reshape(shape)) / jnp.asarray(std, jnp.float32).reshape(shape)
+    return x
 
 
 def create_train_state(
