@@ -12,11 +12,19 @@ from vggjax.config import TrainConfig
 from vggjax.data import images
 from vggjax.data.images import border_is_light, to_grey
 from vggjax.errors import ConfigError, DataError
+from vggjax.nn.vgg import from_config
 from vggjax.preprocessing import PREPROCESSING
-from vggjax.run.runs import LoadedRun, load_run, predict_logits, softmax
-from vggjax.tasks.predict import Guess, Prediction, format_prediction, predict_files, read_labels
+from vggjax.run.folder import LoadedRun, RunDir
+from vggjax.tasks.predict import (
+    Guess,
+    Prediction,
+    format_prediction,
+    predict_files,
+    predict_logits,
+    read_labels,
+    softmax,
+)
 from vggjax.training.steps import preprocess
-from vggjax.training.train import make_model
 
 
 def load_image(path, invert="auto"):
@@ -107,7 +115,7 @@ def test_bad_files_are_one_line_errors(files, name, message):
 
 def test_predict_files_matches_the_model_and_skips_bad_files(tiny_run, files, garment):
     x, _ = garment
-    run = load_run(tiny_run)
+    run = RunDir(tiny_run).load()
     paths = [files / n for n in ("l.png", "notes.jpg", "rgb.png", "big.jpg", "cut.png", "palette.png")]
     results = predict_files(run, paths, top_k=10)
     assert [r.error is not None for r in results] == [False, True, False, False, True, False]
@@ -155,7 +163,7 @@ def imagenet_style_run(num_classes=20):
         width=0.125, hidden=32, num_classes=num_classes, head="adaptive", channels=3, dataset="imagenet"
     ).validate()
     assert config.preprocessing == PREPROCESSING["imagenet"]
-    model = make_model(config)
+    model = from_config(config)
     shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
     rng = np.random.default_rng(1)  # without compiling an init
 

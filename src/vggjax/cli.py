@@ -229,10 +229,10 @@ def _add_predict_args(p: argparse.ArgumentParser, *, top_k: int, imagenet_only: 
 def _predict(args: argparse.Namespace) -> int:
     import json
 
-    from vggjax.run.runs import load_run
+    from vggjax.run.folder import RunDir
     from vggjax.tasks.predict import check_imagenet_run, format_prediction, predict_files, read_labels
 
-    run = load_run(args.run_dir, args.checkpoint)
+    run = RunDir(args.run_dir).load(args.checkpoint)
     if args.imagenet_only:
         check_imagenet_run(run.config, args.run_dir)
     labels = read_labels(args.labels, run.config.num_classes) if args.labels else None

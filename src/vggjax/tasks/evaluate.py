@@ -24,7 +24,7 @@ from vggjax.run.files import atomic_write_text
 from vggjax.run.folder import RunDir
 from vggjax.run.plots import plot_confusion, plot_mistakes
 from vggjax.run.report import write_report
-from vggjax.run.runs import predict_logits, softmax
+from vggjax.tasks.predict import predict_logits, softmax
 
 
 def classification_report(

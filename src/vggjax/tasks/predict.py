@@ -16,17 +16,21 @@ plain background.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from vggjax import data
 from vggjax.config import TrainConfig
 from vggjax.data.images import check_invert, load_image
 from vggjax.errors import ConfigError, DataError
-from vggjax.run.runs import LoadedRun, predict_logits, softmax
+from vggjax.nn.vgg import VGG
+from vggjax.run.folder import LoadedRun
+from vggjax.training.steps import preprocess
 
 # Class names a run's dataset comes with (ImageNet's 1000 come from --labels).
 DATASET_CLASS_NAMES = {"fashion-mnist": data.CLASS_NAMES}
@@ -124,6 +128,45 @@ def check_imagenet_run(config: TrainConfig, run_dir: str | Path) -> None:
         )
 
 
+@functools.partial(jax.jit, static_argnames=("model", "image_size", "preprocessing"))
+def _logits(model: VGG, variables: dict, images: jax.Array, image_size: int, preprocessing) -> jax.Array:
+    return model.apply(variables, preprocess(images, image_size, preprocessing), train=False)
+
+
+def predict_logits(run: LoadedRun, images: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
+    """Logits of the run's model for host images, through the training preprocess.
+
+    Images go through :func:`vggjax.training.steps.preprocess` with the run's
+    ``config.preprocessing`` (scale to [0, 1], bilinear resize to ``config.image_size``,
+    then its mean/std), exactly as in ``train_step``; batches are padded to
+    ``batch_size`` so one compiled shape serves every batch.
+
+    Args:
+      run: a loaded run.
+      images: ``uint8[N, H, W, C]`` as :func:`vggjax.data.images.load_image` makes them
+        (Fashion-MNIST: 28×28 grey, light object on black; ImageNet: 224×224 RGB).
+      batch_size: images per device call.
+
+    Returns:
+      ``float32[N, num_classes]`` logits.
+    """
+    n = len(images)
+    batch_size = min(batch_size, max(n, 1))  # data.batches rejects batch_size < 1
+    size, prep = run.config.image_size, run.config.preprocessing
+    out = [
+        np.asarray(_logits(run.model, run.variables, b["image"], size, prep))
+        for b in data.batches({"image": images}, batch_size, shuffle=False, pad=True)
+    ]
+    return np.concatenate(out)[:n] if out else np.zeros((0, run.model.num_classes), np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``float[N, K]`` logits, computed in float64; rows sum to 1."""
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
 def predict_files(
     run: LoadedRun,
     paths: Sequence[str | Path],
@@ -135,7 +178,7 @@ def predict_files(
     """The top ``top_k`` classes of each image file under a run, as its preprocessing says.
 
     Args:
-      run: a loaded run (:func:`vggjax.run.runs.load_run`), trained or converted.
+      run: a loaded run (:meth:`vggjax.run.folder.RunDir.load`), trained or converted.
       paths: image files (any format, size and mode Pillow reads).
       top_k: classes per file, most probable first.
       invert: ``"auto"`` (None: the default), ``"yes"`` or ``"no"``, for runs whose
