@@ -6,9 +6,12 @@ flags override fields of a preset.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
+import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,13 +227,39 @@ class TrainConfig:
 
 def flag_name(name: str) -> str:
     """The command-line flag (without ``--``) that sets the config field ``name``."""
-    return _FIELDS[name].metadata["flag"] or name.replace("_", "-")
+    field = _FIELDS.get(name)  # also names flags that set no field, e.g. out
+    return (field and field.metadata["flag"]) or name.replace("_", "-")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 TrainConfig.__doc__ += "\n    Attributes:\n" + "".join(
     f"      {f.name}: {f.metadata['help']} (default {f.default!r}).\n" for f in _FIELDS.values()
 )
+
+def add_flags(p: argparse.ArgumentParser, names: Sequence[str] | None = None, **defaults: Any) -> None:
+    """Adds one ``--flag`` per :class:`TrainConfig` field to an argparse parser, from the field's metadata.
+
+    Args:
+      p: the (sub)parser.
+      names: the fields to add; None adds every field marked for the command line.
+      defaults: the parser's own defaults; fields without one default to None, so that only the
+        flags given override a preset.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if not (f.name in names if names is not None else f.metadata["cli"]):
+            continue
+        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+        default = defaults.get(f.name, f.default)
+        help = f.metadata["help"] + ("" if default is None or kind is bool else f" (default {default})")
+        flag = f"--{flag_name(f.name)}"
+        given = {"dest": f.name, "default": defaults.get(f.name), "help": help}
+        if kind is bool:  # a flag turns a field on, or off if it is on by default (--no-verify-data)
+            p.add_argument(flag, action="store_false" if f.default else "store_true", **given)
+        else:
+            metavar = f.metadata["metavar"] or (None if f.metadata["choices"] else flag[2:].upper())
+            p.add_argument(flag, type=kind, choices=f.metadata["choices"], metavar=metavar, **given)
+
 
 PRESETS: dict[str, TrainConfig] = {
     # Default: thin VGG-11 at 32×32, tuned for a 2-core CPU.
