@@ -15,6 +15,7 @@ from vggjax.interop.torchfile import read_state_dict
 from vggjax.interop.torchvision import HeadShape
 from vggjax.preprocessing import PREPROCESSING
 from vggjax.run.folder import RunDir
+from vggjax.run.resume import check_same_model, inherit_model
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +138,11 @@ def test_init_from_must_keep_the_network(small):
     source = RunDir(root / "run").config()
     from vggjax.config import TrainConfig
 
-    config = pretrained.inherit_model(TrainConfig(), source)
+    config = inherit_model(TrainConfig(), source)
     assert (config.arch, config.width, config.head, config.hidden) == ("vgg11_bn", 0.125, "adaptive", 64)
     assert (config.channels, config.num_classes, config.dataset) == (1, 10, "fashion-mnist")
     with pytest.raises(ConfigError, match="--arch 'vgg16' differs from the --init-from run's 'vgg11_bn'"):
-        pretrained.check_same_model(
+        check_same_model(
             tiny_config(arch="vgg16", head="adaptive"), source
         )
     with pytest.raises(CheckpointError, match="not a vggjax run folder"):

@@ -9,7 +9,6 @@ trees ``{"params": ..., "batch_stats": ...}`` with paths ``block{b}/conv{i}``, `
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -30,7 +29,6 @@ from vggjax.preprocessing import PREPROCESSING
 from vggjax.run.folder import RunDir
 
 # Fields that define the network (and so must match the weights); the rest is training.
-MODEL_FIELDS = ("arch", "width", "head", "hidden")
 REPLACEABLE = ("fc8",)  # re-initialised when the class count differs
 
 
@@ -117,27 +115,6 @@ def export_torchvision(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"cannot write {path}: {e.strerror or e}; choose a writable path") from None
     return state
-
-
-def inherit_model(config: TrainConfig, source: TrainConfig) -> TrainConfig:
-    """``config`` with the network fields (arch, width, head, hidden) of ``source``."""
-    return dataclasses.replace(config, **{name: getattr(source, name) for name in MODEL_FIELDS})
-
-
-def check_same_model(config: TrainConfig, source: TrainConfig) -> None:
-    """Checks that ``config`` builds the network whose weights ``source`` holds.
-
-    Raises:
-      ConfigError: naming the first field that differs and both values.
-    """
-    for name in MODEL_FIELDS:
-        mine, theirs = getattr(config, name), getattr(source, name)
-        if mine != theirs:
-            flag = name.replace("_", "-")
-            raise ConfigError(
-                f"--{flag} {mine!r} differs from the --init-from run's {theirs!r}; drop --{flag} "
-                "(the network comes from the weights)"
-            )
 
 
 def input_channels(variables: Mapping[str, Any]) -> int:

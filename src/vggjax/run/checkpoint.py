@@ -25,7 +25,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -35,7 +35,9 @@ from orbax.checkpoint import checkpoint_managers
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, first_line
 from vggjax.run.weights import draining_event_loops, load_variables, save_variables  # noqa: F401
-from vggjax.training.steps import TrainState
+
+if TYPE_CHECKING:  # the state checkpointed; run/ needs only its fields at run time
+    from vggjax.training.steps import TrainState
 
 
 @dataclasses.dataclass(frozen=True)

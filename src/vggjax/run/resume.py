@@ -16,13 +16,37 @@ from typing import Any
 
 from vggjax.config import TrainConfig, flag_name, get_preset
 from vggjax.errors import ConfigError
-from vggjax.interop.pretrained import inherit_model
 from vggjax.run.folder import RunDir
 
 # Settings that may change when a run is resumed: they do not change the trajectory
 # so far. A longer --epochs trains on; the cosine schedule (or warm-up) is then
 # recomputed for the new total, so only a constant schedule equals a straight run.
 CHANGEABLE_ON_RESUME = ("epochs", "checkpoint_every", "keep")
+
+
+# Fields that define the network (and so must match --init-from weights); the rest is training.
+MODEL_FIELDS = ("arch", "width", "head", "hidden")
+
+
+def inherit_model(config: TrainConfig, source: TrainConfig) -> TrainConfig:
+    """``config`` with the network fields (arch, width, head, hidden) of ``source``."""
+    return dataclasses.replace(config, **{name: getattr(source, name) for name in MODEL_FIELDS})
+
+
+def check_same_model(config: TrainConfig, source: TrainConfig) -> None:
+    """Checks that ``config`` builds the network whose weights ``source`` holds.
+
+    Raises:
+      ConfigError: naming the first field that differs and both values.
+    """
+    for name in MODEL_FIELDS:
+        mine, theirs = getattr(config, name), getattr(source, name)
+        if mine != theirs:
+            flag = name.replace("_", "-")
+            raise ConfigError(
+                f"--{flag} {mine!r} differs from the --init-from run's {theirs!r}; drop --{flag} "
+                "(the network comes from the weights)"
+            )
 
 
 def train_config(

@@ -34,6 +34,7 @@ from vggjax.run.files import write_jsonl
 from vggjax.run.folder import RunDir
 from vggjax.run.metrics import MetricsWriter
 from vggjax.run.report import write_report
+from vggjax.run.resume import check_same_model
 from vggjax.training import parallel
 from vggjax.training.loop import Trainer, evaluate, warn_if_stuck
 from vggjax.training.steps import TrainState, create_train_state, eval_step, train_step
@@ -188,7 +189,7 @@ def train_and_evaluate(
         )
     source = None  # the --init-from weights, read once
     if config.init_from and not resume:
-        pretrained.check_same_model(config, RunDir(config.init_from).config())
+        check_same_model(config, RunDir(config.init_from).config())
         source = RunDir(config.init_from).read_variables()
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
