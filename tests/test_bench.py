@@ -20,6 +20,7 @@ from vggjax.training.train import train_and_evaluate
 TINY = BenchConfig(train=tiny_config(batch_size=16), steps=1, repeats=2)
 
 
+@pytest.mark.slow
 def test_report_figures():
     report = run_bench(TINY)
     # thin VGG-11 at 1/8 width, 32x32x1, hidden 64: 2,441,856 MACs (summary.summarize)
@@ -34,6 +35,7 @@ def test_report_figures():
     assert report["memory"]["host_maxrss"] > 2**20
 
 
+@pytest.mark.slow
 def test_bench_step_is_trains_step(tmp_path):
     # Bug: bench built its own optimizer (lr 0.01 whatever the config), its own initial
     # state (key 0) and a one-device step, so it timed something `vggjax train` never runs.
@@ -77,6 +79,7 @@ SHARDED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_bench_step_input_is_split_over_every_device():
     # Bug: bench compiled its step for one device while train splits each batch over all.
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}

@@ -12,6 +12,7 @@ SMALL = TrainConfig(
 )
 
 
+@pytest.mark.slow
 def test_training_on_real_subset_learns(tmp_path, fashion_small):
     final = train_and_evaluate(SMALL, tmp_path / "run", progress=False, log=lambda s: None)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
