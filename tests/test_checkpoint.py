@@ -17,7 +17,7 @@ import pytest
 
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError
-from vggjax.nn.vgg import from_config
+from vggjax.nn.fit import from_config
 from vggjax.run.checkpoint import Position, RunCheckpoints
 from vggjax.training import parallel
 from vggjax.training.steps import create_train_state

@@ -20,7 +20,7 @@ import pytest
 from vggjax import data
 from vggjax.cli import main
 from vggjax.config import TrainConfig
-from vggjax.nn.vgg import from_config
+from vggjax.nn.fit import from_config
 from vggjax.run.checkpoint import Position, RunCheckpoints
 from vggjax.run.files import atomic_write_text
 from vggjax.run.folder import RunDir

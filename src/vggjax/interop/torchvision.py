@@ -27,7 +27,8 @@ import numpy as np
 
 from vggjax.arch import ADAPTIVE_SIDE, ALIASES, Arch, Layer, get_arch, layers
 from vggjax.errors import ArchError, CheckpointError
-from vggjax.nn.vgg import VGG, check_fits
+from vggjax.nn.fit import check_fits
+from vggjax.nn.vgg import VGG
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 

@@ -27,7 +27,8 @@ from vggjax import data
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import pretrained
-from vggjax.nn.vgg import VGG, from_config
+from vggjax.nn.fit import from_config
+from vggjax.nn.vgg import VGG
 from vggjax.run import weights
 from vggjax.run.checkpoint import Position, RunCheckpoints
 from vggjax.run.files import write_jsonl
