@@ -17,11 +17,11 @@ import pytest
 
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError
-from vggjax.nn.fit import from_config
+from vggjax.nn.fit import from_config, model_signature
 from vggjax.run.checkpoint import Position, RunCheckpoints
 from vggjax.training import parallel
+from vggjax.training.optim import make_optimizer
 from vggjax.training.steps import create_train_state
-from vggjax.training.train import make_optimizer, model_signature
 
 CONFIG = TrainConfig(arch="vgg11_bn", width=0.125, hidden=64, image_size=32)
 

@@ -20,13 +20,13 @@ import pytest
 from vggjax import data
 from vggjax.cli import main
 from vggjax.config import TrainConfig
-from vggjax.nn.fit import from_config
+from vggjax.nn.fit import from_config, model_signature
 from vggjax.run.checkpoint import Position, RunCheckpoints
 from vggjax.run.files import atomic_write_text
 from vggjax.run.folder import RunDir
 from vggjax.run.weights import save_variables
+from vggjax.training.optim import make_optimizer
 from vggjax.training.steps import create_train_state
-from vggjax.training.train import make_optimizer, model_signature
 
 RUN = TrainConfig(arch="vgg11_bn", width=0.125, hidden=64, limit_train=64, limit_test=64, batch_size=16)
 

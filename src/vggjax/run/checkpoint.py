@@ -168,7 +168,7 @@ class RunCheckpoints:
           state: the train state to save.
           rng: the run's base dropout key.
           position: the next batch to train.
-          model: what the params fit (``vggjax.training.train.model_signature``), checked on restore.
+          model: what the params fit (``vggjax.nn.fit.model_signature``), checked on restore.
           partial: per-step metrics of the epoch in progress (host or device scalars).
           records: the ``metrics.jsonl`` records of the finished epochs.
           val_acc: the validation accuracy of an end-of-epoch checkpoint (used to keep the best).
@@ -217,7 +217,7 @@ class RunCheckpoints:
         Args:
           target: a freshly initialised state of the run's model and optimizer.
           rng: a key of the run's PRNG implementation (its value is not used).
-          model: what ``target`` is (``vggjax.training.train.model_signature``); must match the checkpoint.
+          model: what ``target`` is (``vggjax.nn.fit.model_signature``); must match the checkpoint.
           step: which checkpoint; the newest if None.
           sharding: where orbax puts every restored array, e.g. ``parallel.replicated(mesh)``
             as training's ``init`` puts the state; a mesh over several processes makes the
