@@ -20,10 +20,11 @@ import pytest
 from vggjax import data
 from vggjax.cli import main
 from vggjax.config import TrainConfig
-from vggjax.nn.fit import from_config, model_signature
-from vggjax.run.checkpoint import Position, RunCheckpoints
+from vggjax.nn.fit import from_config
+from vggjax.run.checkpoint import RunCheckpoints
 from vggjax.run.files import atomic_write_text
 from vggjax.run.folder import RunDir
+from vggjax.run.meta import Position, model_signature
 from vggjax.run.weights import save_variables
 from vggjax.training.optim import make_optimizer
 from vggjax.training.steps import create_train_state

@@ -1,9 +1,8 @@
 """Building the VGG a run's config describes, and checking that weights fit a model.
 
 :func:`from_config` is the one model factory of training, evaluation, prediction and
-export; :func:`model_signature` is what its params fit, stored with each checkpoint;
-:func:`check_fits` (on top of :func:`check_shapes`) is the one "do these weights fit"
-check, so weights are never loaded partially or silently.
+export; :func:`check_fits` (on top of :func:`check_shapes`) is the one "do these
+weights fit" check, so weights are never loaded partially or silently.
 """
 
 from __future__ import annotations
@@ -39,21 +38,6 @@ def from_config(config: TrainConfig) -> VGG:
         dtype=jnp.dtype(config.dtype),
         impl=config.impl,
     )
-
-
-def model_signature(config: TrainConfig) -> dict:
-    """What the params of ``config``'s model fit (stored with and checked against each checkpoint)."""
-    arch = config.resolved_arch()
-    return {
-        "arch": str(arch),
-        "batch_norm": arch.batch_norm,
-        "lrn": arch.lrn,
-        "head": config.head,
-        "hidden": config.hidden,
-        "channels": config.channels,
-        "num_classes": config.num_classes,
-        "image_size": config.image_size,  # fc6's shape depends on it with the flatten head
-    }
 
 
 def check_fits(

@@ -38,9 +38,10 @@ from tqdm.auto import tqdm
 from vggjax import data
 from vggjax.config import TrainConfig
 from vggjax.errors import DivergedError, Interrupted
-from vggjax.run.checkpoint import Position, RunCheckpoints
+from vggjax.run.checkpoint import RunCheckpoints
 from vggjax.run.files import write_jsonl
 from vggjax.run.folder import RunDir
+from vggjax.run.meta import Position
 from vggjax.run.metrics import LOG_EVERY, MetricsWriter
 from vggjax.run.plots import plot_curves
 from vggjax.training import parallel

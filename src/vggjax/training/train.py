@@ -25,12 +25,13 @@ from vggjax import data
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import pretrained
-from vggjax.nn.fit import from_config, model_signature
+from vggjax.nn.fit import from_config
 from vggjax.nn.vgg import VGG
 from vggjax.run import weights
-from vggjax.run.checkpoint import Position, RunCheckpoints
+from vggjax.run.checkpoint import RunCheckpoints
 from vggjax.run.files import write_jsonl
 from vggjax.run.folder import RunDir
+from vggjax.run.meta import Position, model_signature
 from vggjax.run.metrics import MetricsWriter
 from vggjax.run.report import write_report
 from vggjax.training import parallel
