@@ -10,8 +10,8 @@ from vggjax.arch import get_arch
 from vggjax.cli import main
 from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import pretrained
+from vggjax.interop.state_dict import HeadShape
 from vggjax.interop.torchfile import read_state_dict
-from vggjax.interop.torchvision import HeadShape
 from vggjax.run.folder import RunDir
 
 
