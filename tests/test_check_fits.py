@@ -8,7 +8,7 @@ from tiny import tiny_config
 
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError
-from vggjax.nn.vgg import check_fits, check_shapes, from_config
+from vggjax.nn.fit import check_fits, check_shapes, from_config
 
 TINY = TrainConfig(arch="vgg11_bn", width=0.125, hidden=32, num_classes=7)  # channels 8, 16, 32, 64, 64
 X = (1, 32, 32, 1)

@@ -17,11 +17,12 @@ import pytest
 from tiny import tiny_config
 
 from vggjax.errors import CheckpointError
-from vggjax.nn.vgg import from_config
-from vggjax.run.checkpoint import Position, RunCheckpoints
+from vggjax.nn.fit import from_config
+from vggjax.run.checkpoint import RunCheckpoints
+from vggjax.run.meta import Position, model_signature
 from vggjax.training import parallel
+from vggjax.training.optim import make_optimizer
 from vggjax.training.steps import create_train_state
-from vggjax.training.train import make_optimizer, model_signature
 
 CONFIG = tiny_config(arch="vgg11_bn", image_size=32)
 
@@ -207,7 +208,8 @@ import jax, jax.numpy as jnp
 from orbax.checkpoint._src.path import atomicity
 import test_checkpoint as t
 from vggjax.training import parallel
-from vggjax.run.checkpoint import Position, RunCheckpoints
+from vggjax.run.checkpoint import RunCheckpoints
+from vggjax.run.meta import Position
 
 state, sig = t.trained_state(), t.model_signature(t.CONFIG)
 with RunCheckpoints({folder!r}) as ckpts:

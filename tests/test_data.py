@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from vggjax import data
-from vggjax.data import fashion_mnist
+from vggjax.data import sources
 from vggjax.errors import ConfigError, DataError
 
 NAMES = [name for pair in data.FILES.values() for name in pair]
@@ -297,7 +297,7 @@ def test_explicit_dir_missing_files(tmp_path, monkeypatch):
 
 def test_env_beats_debian(tmp_path, monkeypatch):
     debian, env = make_dir(tmp_path / "debian"), make_dir(tmp_path / "env")
-    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", debian)
+    monkeypatch.setattr(sources, "DEBIAN_DIR", debian)
     assert data.find_data_dir() == debian
     monkeypatch.setenv(data.ENV_VAR, str(env))
     assert data.find_data_dir() == env
@@ -311,7 +311,7 @@ def test_env_dir_missing_files_is_an_error(tmp_path, monkeypatch):
 
 
 def test_cache_dir_via_xdg(tmp_path, monkeypatch):
-    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(sources, "DEBIAN_DIR", tmp_path / "no-debian")
     assert data.cache_dir() == tmp_path / "xdg-cache" / "vggjax" / "fashion-mnist"
     assert data.find_data_dir() is None
     make_dir(data.cache_dir(), gz=False)
@@ -321,7 +321,7 @@ def test_cache_dir_via_xdg(tmp_path, monkeypatch):
 
 
 def test_not_found_without_download(tmp_path, monkeypatch):
-    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(sources, "DEBIAN_DIR", tmp_path / "no-debian")
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         data.load_fashion_mnist(download=False)
 
@@ -410,7 +410,7 @@ def server(tmp_path):
 @pytest.mark.filterwarnings("ignore::vggjax.data.ClassCountWarning")
 def test_download_good_checksum(tmp_path, server, monkeypatch):
     url, md5 = server
-    monkeypatch.setattr(fashion_mnist, "MD5", md5)
+    monkeypatch.setattr(sources, "MD5", md5)
     dest = tmp_path / "dest" / "nested"
     assert data.download(dest, base_url=url, progress=False) == dest
     assert sorted(p.name for p in dest.iterdir()) == sorted(NAMES)
@@ -422,7 +422,7 @@ def test_download_good_checksum(tmp_path, server, monkeypatch):
 
 def test_download_bad_checksum(tmp_path, server, monkeypatch):
     url, md5 = server
-    monkeypatch.setattr(fashion_mnist, "MD5", {**md5, NAMES[0]: "0" * 32})
+    monkeypatch.setattr(sources, "MD5", {**md5, NAMES[0]: "0" * 32})
     dest = tmp_path / "dest"
     with pytest.raises(DataError, match=f"{NAMES[0]}.*md5 {md5[NAMES[0]]}, expected 0{{32}}"):
         data.download(dest, base_url=url, progress=False)
@@ -448,7 +448,7 @@ def test_download_server_down(tmp_path):
 
 def test_download_404(tmp_path, server, monkeypatch):
     url, md5 = server
-    monkeypatch.setattr(fashion_mnist, "MD5", md5)
+    monkeypatch.setattr(sources, "MD5", md5)
     with pytest.raises(DataError, match="404"):
         data.download(tmp_path / "dest", base_url=url + "missing/", progress=False)
     assert list((tmp_path / "dest").iterdir()) == []
@@ -457,9 +457,9 @@ def test_download_404(tmp_path, server, monkeypatch):
 @pytest.mark.filterwarnings("ignore::vggjax.data.ClassCountWarning")
 def test_load_fashion_mnist_downloads_into_cache(tmp_path, server, monkeypatch):
     url, md5 = server
-    monkeypatch.setattr(fashion_mnist, "MD5", md5)
-    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "no-debian")
-    monkeypatch.setattr(fashion_mnist, "URL", url)
+    monkeypatch.setattr(sources, "MD5", md5)
+    monkeypatch.setattr(sources, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(sources, "URL", url)
     train, test = data.load_fashion_mnist(limit_train=4, progress=False, verify=False)
     assert train["image"].shape == (4, 28, 28, 1) and test["label"].shape == (6,)
     assert sorted(p.name for p in data.cache_dir().iterdir()) == sorted(NAMES)

@@ -10,7 +10,7 @@ from vggjax import data
 from vggjax.cli import main
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
-from vggjax.nn.vgg import from_config
+from vggjax.nn.fit import from_config
 from vggjax.run import checkpoint
 from vggjax.run.files import read_jsonl
 from vggjax.run.folder import RunDir

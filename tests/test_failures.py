@@ -21,13 +21,14 @@ from tiny import TINY_FLAGS, tiny_config
 from vggjax import data
 from vggjax.cli import main
 from vggjax.config import TrainConfig
-from vggjax.nn.vgg import from_config
-from vggjax.run.checkpoint import Position, RunCheckpoints
+from vggjax.nn.fit import from_config
+from vggjax.run.checkpoint import RunCheckpoints
 from vggjax.run.files import atomic_write_text
 from vggjax.run.folder import RunDir
+from vggjax.run.meta import Position, model_signature
 from vggjax.run.weights import save_variables
+from vggjax.training.optim import make_optimizer
 from vggjax.training.steps import create_train_state
-from vggjax.training.train import make_optimizer, model_signature
 
 RUN = tiny_config(arch="vgg11_bn", limit_train=64, limit_test=64, batch_size=16)
 

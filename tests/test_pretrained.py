@@ -11,8 +11,8 @@ from vggjax.cli import main
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import pretrained
+from vggjax.interop.state_dict import HeadShape
 from vggjax.interop.torchfile import read_state_dict
-from vggjax.interop.torchvision import HeadShape
 from vggjax.preprocessing import PREPROCESSING
 from vggjax.run.folder import RunDir
 from vggjax.run.resume import check_same_model, inherit_model

@@ -82,6 +82,24 @@ class Arch:
         """Smallest input side (pixels) for which no pool sees an empty map: 2**len(blocks)."""
         return 2 ** len(self.blocks)
 
+    def check_input(self, shape: Sequence[int]) -> None:
+        """Checks an NHWC input shape ``[N, H, W, C]`` against the arch's five (or more) pools.
+
+        Raises:
+          ArchError: if the input is not 4-D or a side is below :attr:`min_input_size`,
+            naming the pool that would see an empty map.
+        """
+        if len(shape) != 4:
+            raise ArchError(f"expected an NHWC batch [N, H, W, C], got shape {tuple(shape)}")
+        side, size = min(shape[1], shape[2]), self.min_input_size
+        if side < size:
+            pool = next(b for b in range(1, len(self.blocks) + 1) if side >> b == 0)
+            raise ArchError(
+                f"input {shape[1]}x{shape[2]} is too small for {len(self.blocks)} 2x2 max-pools: "
+                f"pool{pool} would get an empty map; use an input of at least "
+                f"{size}x{size} pixels (e.g. --image-size {size})"
+            )
+
     @property
     def out_channels(self) -> int:
         """Channels of the last feature map."""

@@ -1,29 +1,22 @@
 """Data: IDX files, Fashion-MNIST, batches and image files (numpy and Pillow; no JAX, no flax).
 
 ``from vggjax import data`` gives the public names of :mod:`~vggjax.data.idx`,
-:mod:`~vggjax.data.fashion_mnist` and :mod:`~vggjax.data.batching`.
+:mod:`~vggjax.data.sources`, :mod:`~vggjax.data.fashion_mnist` and :mod:`~vggjax.data.batching`.
 """
 
 from vggjax.data.batching import batches, num_batches
 from vggjax.data.fashion_mnist import (
     CLASS_NAMES,
-    DEBIAN_DIR,
-    ENV_VAR,
-    FILES,
     IMAGE_SIZE,
-    MD5,
     NUM_CLASSES,
     PER_CLASS,
     SHA256,
-    URL,
     ClassCountWarning,
-    cache_dir,
-    download,
-    find_data_dir,
     load_fashion_mnist,
     load_split,
 )
 from vggjax.data.idx import read_idx
+from vggjax.data.sources import DEBIAN_DIR, ENV_VAR, FILES, MD5, URL, cache_dir, download, find_data_dir
 
 __all__ = [
     "CLASS_NAMES",

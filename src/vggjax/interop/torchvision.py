@@ -1,12 +1,7 @@
 """torchvision VGG ``state_dict`` ⇄ vggjax variables, with strict key and shape checks.
 
-torchvision's VGG (``torchvision/models/vgg.py``) is ``features`` (a ``Sequential`` of
-``Conv2d`` [, ``BatchNorm2d``], ``ReLU`` per conv and a ``MaxPool2d`` per block, so the
-index ``N`` of ``features.N`` counts every one of them), ``avgpool``
-(``AdaptiveAvgPool2d(7)``) and ``classifier`` (``Linear``, ``ReLU``, ``Dropout`` twice,
-then ``Linear``: ``classifier.0/3/6`` are vggjax's ``fc6/fc7/fc8``). Every
-:class:`vggjax.arch.Layer` carries its torchvision name, so any arch tuple and width
-maps, not only the named ones.
+What such a file holds (keys, shapes, head, variant) and the checks it must pass are in
+:mod:`vggjax.interop.state_dict`; this module converts the arrays.
 
 Conversions (PyTorch → Flax):
   conv ``weight[O, I, kh, kw]`` → ``kernel[kh, kw, I, O]``; linear ``weight[O, I]`` →
@@ -18,125 +13,23 @@ Conversions (PyTorch → Flax):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from vggjax.arch import ADAPTIVE_SIDE, ALIASES, Arch, Layer, get_arch, layers
-from vggjax.errors import ArchError, CheckpointError
-from vggjax.nn.vgg import VGG, check_fits
-
-BN_KEYS = ("weight", "bias", "running_mean", "running_var")
-
-
-@dataclasses.dataclass(frozen=True)
-class HeadShape:
-    """What a state_dict says beyond the arch: input channels and the dense head's sizes.
-
-    Attributes:
-      channels: input channels of the first conv (3 for ImageNet weights).
-      hidden: width of fc6 and fc7 (4096 in torchvision), or None for a headless file.
-      num_classes: outputs of fc8 (1000 for ImageNet), or None for a headless file.
-      side: side of the last map that fc6 flattens: 7 for torchvision's adaptive head.
-    """
-
-    channels: int = 3
-    hidden: int | None = 4096
-    num_classes: int | None = 1000
-    side: int | None = ADAPTIVE_SIDE
-
-    @property
-    def head(self) -> str | None:
-        """vggjax's head for this shape: ``"adaptive"`` (side 7), ``"flatten"`` or None."""
-        if self.hidden is None:
-            return None
-        return "adaptive" if self.side == ADAPTIVE_SIDE else "flatten"
-
-    def model(self, arch: Arch) -> VGG:
-        """The :class:`~vggjax.nn.vgg.VGG` whose variables match such a state_dict."""
-        return VGG(
-            arch,
-            num_classes=self.num_classes or 1,
-            hidden=self.hidden or 1,
-            head=self.head,
-            init_scheme="torchvision",
-        )
-
-
-def torchvision_layout(arch: Arch, *, hidden: int = 4096, num_classes: int = 1000) -> list[Layer]:
-    """The weighted layers (conv, BatchNorm, dense) of ``arch`` with torchvision's head, in order.
-
-    Each :class:`~vggjax.arch.Layer` has its torchvision module name (``layer.torchvision``,
-    e.g. ``"features.1"``, ``"classifier.0"``) and its vggjax parameter path
-    (``layer.path``, e.g. ``("block1", "bn1")``, ``("fc6",)``).
-
-    Raises:
-      ArchError: for the paper's A-LRN, which torchvision has no layout for.
-    """
-    if arch.lrn:
-        raise ArchError("torchvision has no LRN layer, so A-LRN has no torchvision layout; use vgg11")
-    every = layers(arch, head="adaptive", hidden=hidden, num_classes=num_classes)
-    return [layer for layer in every if layer.kind in ("conv", "bn", "dense")]
-
-
-def expected_shapes(arch: Arch, head: HeadShape) -> dict[str, tuple[int, ...]]:
-    """Every key of the torchvision state_dict for ``arch`` and ``head``, with its shape."""
-    out: dict[str, tuple[int, ...]] = {}
-    c_in, fan_in = head.channels, arch.out_channels * (head.side or 0) ** 2
-    for layer in torchvision_layout(arch, hidden=head.hidden or 1, num_classes=head.num_classes or 1):
-        prefix, c, k = layer.torchvision, layer.channels, layer.kernel
-        if layer.kind == "conv":
-            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (c, c_in, k, k), (c,)
-            c_in = c
-        elif layer.kind == "bn":
-            out.update({f"{prefix}.{key}": (c,) for key in BN_KEYS})
-        elif head.hidden is not None:
-            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (c, fan_in), (c,)
-            fan_in = c
-    return out
-
-
-def strip_module_prefix(state: Mapping[str, np.ndarray], log: Callable[[str], None] = print) -> dict:
-    """Removes the ``module.`` prefix that ``DataParallel``/``DistributedDataParallel`` add.
-
-    Only when every key has it; says so through ``log``.
-    """
-    if state and all(k.startswith("module.") for k in state):
-        log("note: stripped the 'module.' prefix (a DataParallel/DistributedDataParallel state_dict)")
-        return {k.removeprefix("module."): v for k, v in state.items()}
-    return dict(state)
-
-
-def head_shape(state: Mapping[str, np.ndarray], arch: Arch) -> HeadShape:
-    """Reads input channels, hidden width, classes and fc6's map side off a state_dict."""
-    first = state.get("features.0.weight")
-    channels = int(first.shape[1]) if first is not None and first.ndim == 4 else 3
-    fc6, fc8 = state.get("classifier.0.weight"), state.get("classifier.6.weight")
-    if fc6 is None or fc8 is None or fc6.ndim != 2 or fc8.ndim != 2:
-        if not any(k.startswith("classifier.") for k in state):
-            return HeadShape(channels, None, None, None)
-        return HeadShape(channels)
-    side = math.isqrt(fc6.shape[1] // arch.out_channels)
-    if side * side * arch.out_channels != fc6.shape[1]:
-        side = ADAPTIVE_SIDE  # the shape check below names the mismatch
-    return HeadShape(channels, int(fc6.shape[0]), int(fc8.shape[0]), side)
-
-
-def guess_arch(state: Mapping[str, np.ndarray]) -> str | None:
-    """The torchvision name (``vgg11`` … ``vgg19_bn``) whose layout the file's features have."""
-    for base in ALIASES:
-        for name in (base, f"{base}_bn"):
-            arch = get_arch(name)
-            shapes = expected_shapes(arch, head_shape(state, arch))
-            feats = {k: v for k, v in shapes.items() if k.startswith("features.")}
-            have = {k: tuple(v.shape) for k, v in state.items() if k.startswith("features.")}
-            have = {k: v for k, v in have.items() if not k.endswith("num_batches_tracked")}
-            if have == feats:
-                return name
-    return None
+from vggjax.arch import Arch, get_arch
+from vggjax.errors import CheckpointError
+from vggjax.interop.state_dict import (
+    HeadShape,
+    check_keys_and_shapes,
+    check_variant,
+    head_shape,
+    strip_module_prefix,
+    torchvision_layout,
+)
+from vggjax.nn.fit import check_fits
 
 
 def from_torchvision(
@@ -166,9 +59,9 @@ def from_torchvision(
     arch = get_arch(arch)
     state = strip_module_prefix(state, log)
     state = {k: v for k, v in state.items() if not k.endswith(".num_batches_tracked")}
-    _check_variant(state, arch)
+    check_variant(state, arch)
     head = head_shape(state, arch)
-    _check_keys_and_shapes(state, arch, head)
+    check_keys_and_shapes(state, arch, head)
     params: dict[str, Any] = {}
     stats: dict[str, Any] = {}
     for layer in torchvision_layout(arch):
@@ -253,50 +146,6 @@ def fc6_to_torch(kernel: np.ndarray, channels: int) -> np.ndarray:
     fan_in, out = kernel.shape
     side = math.isqrt(fan_in // channels)
     return kernel.reshape(side, side, channels, out).transpose(3, 2, 0, 1).reshape(out, fan_in)
-
-
-def _check_variant(state: Mapping[str, np.ndarray], arch: Arch) -> None:
-    file_bn = any(k.endswith(".running_mean") for k in state)
-    if file_bn == arch.batch_norm:
-        return
-    ours = arch.name or str(arch)
-    if arch.name and arch.name.startswith("vgg"):
-        theirs = ours.removesuffix("_bn") if arch.batch_norm else f"{ours}_bn"
-    else:
-        theirs = "the BatchNorm variant" if file_bn else "the variant without BatchNorm"
-    if file_bn:
-        found = next(k for k in state if k.endswith(".running_mean"))
-        raise CheckpointError(
-            f"the file holds BatchNorm weights ({found}), i.e. {theirs}, but the arch is {ours} "
-            f"(no BatchNorm); pass --arch {theirs}"
-        )
-    raise CheckpointError(
-        f"the file holds weights without BatchNorm, i.e. {theirs}, but the arch is {ours} "
-        f"(with BatchNorm); pass --arch {theirs}"
-    )
-
-
-def _check_keys_and_shapes(state: Mapping[str, np.ndarray], arch: Arch, head: HeadShape) -> None:
-    expected = expected_shapes(arch, head)
-    guess = guess_arch(state)
-    hint = f"; the file looks like {guess}: pass --arch {guess}" if guess and guess != arch.name else ""
-    name = arch.name or str(arch)
-    missing = [k for k in expected if k not in state]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise CheckpointError(f"the file has no {missing[0]}{more}, which {name} needs{hint}")
-    unexpected = [k for k in state if k not in expected]
-    if unexpected:
-        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise CheckpointError(
-            f"unexpected key {unexpected[0]}{more} in the file: {name} has no such layer{hint}"
-        )
-    for key, shape in expected.items():
-        have = tuple(np.shape(state[key]))
-        if have != shape:
-            raise CheckpointError(
-                f"{key}: the file has shape {list(have)} but {name} expects {list(shape)}{hint}"
-            )
 
 
 def _set(tree: dict, path: tuple[str, ...], leaf: dict) -> None:

@@ -1,1 +1,1 @@
-"""The VGG network in flax.linen: blocks, model, parameter-free ops, fast CPU ops, feature taps."""
+"""The VGG network in flax.linen: blocks, model, config factory, weight-fit check, ops, taps."""

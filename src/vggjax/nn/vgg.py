@@ -5,22 +5,23 @@ Blocks ``block1`` … ``block5``, each ``conv{i}`` [→ ``bn{i}``] → ReLU repe
 → ``fc8``. Parameter paths ``block{b}/conv{i}``, ``block{b}/bn{i}``, ``fc6``, ``fc7``,
 ``fc8`` are what weight import keys on. The layers, their order and names come from
 :mod:`vggjax.arch.layout`, which the summary and torchvision import read too.
+
+:class:`VGGBlock`, :class:`VGG` and :func:`build_model` are here; the model of a run's
+config and the check that weights fit a model are in :mod:`vggjax.nn.fit`.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from vggjax.arch import ADAPTIVE_SIDE, Arch, Block, Layer, block_layers, feature_names, get_arch, head_layers
-from vggjax.config import TrainConfig
-from vggjax.errors import ArchError, CheckpointError
+from vggjax.errors import ArchError
 from vggjax.nn.impl import layer_ops
 from vggjax.nn.init import initializers
 from vggjax.nn.ops import adaptive_avg_pool, local_response_norm
@@ -207,7 +208,7 @@ class VGG(nn.Module):
         """The forward pass: the output with ``taps=None``, else the dict of the tapped activations."""
         sizes = {"pooling": self.pooling, "hidden": self.hidden, "num_classes": self.num_classes}
         head = head_layers(self.arch, head=self.head, **sizes)
-        check_input(self.arch, x.shape)
+        self.arch.check_input(x.shape)
         x = x.astype(self.dtype)
         found: dict[str, jax.Array] = {}
         for b, block in enumerate(self.arch.blocks, 1):
@@ -266,25 +267,6 @@ class VGG(nn.Module):
         return x
 
 
-def check_input(arch: Arch, shape: Sequence[int]) -> None:
-    """Checks an NHWC input shape against the arch's five (or more) pools.
-
-    Raises:
-      ArchError: if the input is not 4-D or a side is below ``arch.min_input_size``,
-        naming the pool that would see an empty map.
-    """
-    if len(shape) != 4:
-        raise ArchError(f"expected an NHWC batch [N, H, W, C], got shape {tuple(shape)}")
-    side = min(shape[1], shape[2])
-    if side < arch.min_input_size:
-        pool = next(b for b in range(1, len(arch.blocks) + 1) if side >> b == 0)
-        raise ArchError(
-            f"input {shape[1]}x{shape[2]} is too small for {len(arch.blocks)} 2x2 max-pools: "
-            f"pool{pool} would get an empty map; use an input of at least "
-            f"{arch.min_input_size}x{arch.min_input_size} pixels (e.g. --image-size {arch.min_input_size})"
-        )
-
-
 def build_model(
     arch: str | Sequence | Arch = "vgg11", *, width: float = 1.0, batch_norm: bool | None = None, **kwargs
 ) -> VGG:
@@ -298,83 +280,10 @@ def build_model(
     return VGG(get_arch(arch, width=width, batch_norm=batch_norm), **kwargs)
 
 
-def from_config(config: TrainConfig) -> VGG:
-    """The :class:`VGG` a :class:`~vggjax.config.TrainConfig` describes (a run's ``config.json``).
+def __getattr__(name: str) -> Any:
+    """``check_shapes`` moved to :mod:`vggjax.nn.fit`; interop/pretrained.py still imports it from here."""
+    if name == "check_shapes":
+        from vggjax.nn import fit
 
-    The one model factory: training, evaluation, prediction and export build their model
-    here, so a run's weights always meet the network they were trained in.
-
-    Raises:
-      ArchError: for an invalid arch or width.
-    """
-    return VGG(
-        config.resolved_arch(),
-        num_classes=config.num_classes,
-        dropout_rate=config.dropout_rate,
-        head=config.head,
-        hidden=config.hidden,
-        init_scheme=config.init_scheme,
-        dtype=jnp.dtype(config.dtype),
-        impl=config.impl,
-    )
-
-
-def check_fits(
-    model: VGG,
-    variables: Mapping[str, Any],
-    input_shape: Sequence[int],
-    *,
-    what: str = "the weights",
-    hint: str = "",
-) -> None:
-    """Checks that ``variables`` are exactly what ``model.init`` makes for ``input_shape``.
-
-    The model is traced abstractly (:func:`jax.eval_shape`; nothing is computed or
-    allocated), so this costs the same for VGG-16 as for a thin VGG-11. Weights are
-    never loaded partially or silently: a missing, extra or reshaped variable fails here.
-
-    Args:
-      model: the network the variables are for.
-      variables: ``{"params": ..., "batch_stats": ...}`` (arrays or anything with a
-        ``shape``); an empty collection counts as absent.
-      input_shape: the NHWC input, e.g. ``(1, 32, 32, 1)``; with the flatten head it sets fc6's shape.
-      what: how the message names the variables, e.g. ``"the weights runs/a/weights"``.
-      hint: appended to the message: how to fix it.
-
-    Raises:
-      CheckpointError: naming the first path that is missing, extra or of another shape
-        (with both shapes).
-    """
-    x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    check_shapes(variables, jax.eval_shape(model.init, jax.random.key(0), x), what=what, hint=hint)
-
-
-def check_shapes(variables: Any, expected: Any, *, what: str = "the weights", hint: str = "") -> None:
-    """Checks that two variable trees have the same leaf paths and shapes (:func:`check_fits`' core).
-
-    Args:
-      variables: the tree to check, e.g. weights read from disk.
-      expected: the tree the model needs (arrays or :class:`jax.ShapeDtypeStruct`).
-      what: how the message names ``variables``.
-      hint: appended to the message, e.g. how to fix it.
-
-    Raises:
-      CheckpointError: naming the first path of ``expected`` that ``variables`` lack or hold
-        in another shape (with both shapes), else the first path ``expected`` lacks.
-    """
-
-    def flat(tree: Any) -> dict[str, tuple[int, ...]]:
-        leaves = jax.tree_util.tree_leaves_with_path(tree)
-        return {jax.tree_util.keystr(p, simple=True, separator="/"): tuple(np.shape(v)) for p, v in leaves}
-
-    have, want = flat(variables), flat(expected)
-    for path, shape in want.items():
-        if path not in have:
-            raise CheckpointError(f"{what} have no {path}, which the model needs{hint}")
-        if have[path] != shape:
-            raise CheckpointError(
-                f"{path}: {what} have shape {list(have[path])} but the model needs {list(shape)}{hint}"
-            )
-    extra = next((path for path in have if path not in want), None)
-    if extra is not None:
-        raise CheckpointError(f"{what} have {extra}, which the model does not have{hint}")
+        return fit.check_shapes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

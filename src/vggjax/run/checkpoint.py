@@ -7,9 +7,9 @@ A run's checkpoints live in ``<run>/checkpoints/<step>/``, written by an orbax
     ``{"params", "batch_stats", "opt_state", "step", "rng"}``: the whole
     :class:`~vggjax.training.steps.TrainState` and the dropout key's data (``uint32[2]``).
 ``meta``
-    JSON: the model it fits (``model``), the data-order :class:`Position`, the
-    per-step metrics of the epoch in progress (``partial``) and every finished
-    epoch's ``metrics.jsonl`` record (``records``).
+    JSON: the model it fits (``model``), the data-order :class:`~vggjax.run.meta.Position`,
+    the per-step metrics of the epoch in progress (``partial``) and every finished
+    epoch's ``metrics.jsonl`` record (``records``); :mod:`vggjax.run.meta` defines the first two.
 
 Orbax writes each checkpoint into a temporary folder and renames it to ``<step>`` once
 complete, so a process killed during a save leaves the previous checkpoint as the
@@ -32,29 +32,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, first_line
+from vggjax.run.meta import Position, check_signature
 from vggjax.run.weights import draining_event_loops, load_variables, save_variables  # noqa: F401
 
 if TYPE_CHECKING:  # the state checkpointed; run/ needs only its fields at run time
     from vggjax.training.steps import TrainState
-
-
-@dataclasses.dataclass(frozen=True)
-class Position:
-    """Where training stands in the data order: the next batch to train.
-
-    The order of epoch ``e`` is a pure function of ``(seed, e)`` (see
-    :func:`vggjax.data.batches`), so resuming at ``Position(e, b)`` skips ``b`` batches.
-
-    Attributes:
-      epoch: the epoch in progress, from 1.
-      batch: batches of that epoch already trained, 0 to steps per epoch (all
-        trained but not yet evaluated).
-    """
-
-    epoch: int
-    batch: int
 
 
 @dataclasses.dataclass
@@ -170,7 +153,7 @@ class RunCheckpoints:
           state: the train state to save.
           rng: the run's base dropout key.
           position: the next batch to train.
-          model: what the params fit (``vggjax.training.train.model_signature``), checked on restore.
+          model: what the params fit (``vggjax.run.meta.model_signature``), checked on restore.
           partial: per-step metrics of the epoch in progress (host or device scalars).
           records: the ``metrics.jsonl`` records of the finished epochs.
           val_acc: the validation accuracy of an end-of-epoch checkpoint (used to keep the best).
@@ -179,14 +162,8 @@ class RunCheckpoints:
           CheckpointError: if the folder cannot be written.
         """
         step = int(state.step)
-        tree = {
-            "params": state.params,
-            "batch_stats": state.batch_stats,
-            "opt_state": state.opt_state,
-            "step": state.step,
-            "rng": jax.random.key_data(rng),
-        }
-        tree = jax.tree.map(np.array, jax.device_get(tree))  # own copies: state may be donated next
+        # own copies: state may be donated next
+        tree = jax.tree.map(np.array, jax.device_get(_state_tree(state, rng)))
         meta = {
             "model": model,
             "position": dataclasses.asdict(position),
@@ -219,7 +196,7 @@ class RunCheckpoints:
         Args:
           target: a freshly initialised state of the run's model and optimizer.
           rng: a key of the run's PRNG implementation (its value is not used).
-          model: what ``target`` is (``vggjax.training.train.model_signature``); must match the checkpoint.
+          model: what ``target`` is (``vggjax.run.meta.model_signature``); must match the checkpoint.
           step: which checkpoint; the newest if None.
           sharding: where orbax puts every restored array, e.g. ``parallel.replicated(mesh)``
             as training's ``init`` puts the state; a mesh over several processes makes the
@@ -237,19 +214,8 @@ class RunCheckpoints:
             )
         where = self.directory / str(step)
         meta = self._restore_item(where, meta=ocp.args.JsonRestore())["meta"]
-        saved_model = _with_added_keys(meta.get("model") if isinstance(meta, dict) else None)
-        if saved_model != model:
-            raise CheckpointError(
-                f"checkpoint {where} was written for model {_describe(saved_model)}, not "
-                f"{_describe(model)}; resume with the config it was written with, or start a new run"
-            )
-        tree = {
-            "params": target.params,
-            "batch_stats": target.batch_stats,
-            "opt_state": target.opt_state,
-            "step": target.step,
-            "rng": jax.random.key_data(rng),
-        }
+        check_signature(meta.get("model") if isinstance(meta, dict) else None, model, where=where)
+        tree = _state_tree(target, rng)
         # Orbax reads each array straight into ``sharding`` (in a multi-process run, each
         # process fills only its own devices), placed as a fresh state is placed, so a
         # resumed run reuses the straight run's compiled step.
@@ -298,6 +264,17 @@ class RunCheckpoints:
             ) from None
 
 
+def _state_tree(state: TrainState, rng: jax.Array) -> dict[str, Any]:
+    """The ``state`` item: the train state's arrays and the dropout key's data."""
+    return {
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+        "step": state.step,
+        "rng": jax.random.key_data(rng),
+    }
+
+
 def _json_readable(step_dir: Path) -> bool:
     """Whether the JSON files orbax reads when it lists ``step_dir`` parse."""
     for name in ("_CHECKPOINT_METADATA", "metrics/metrics"):
@@ -307,29 +284,3 @@ def _json_readable(step_dir: Path) -> bool:
         except (OSError, ValueError):
             return False
     return True
-
-
-# Keys added to the model signature after checkpoints had been written without them. A
-# checkpoint that lacks one was written for the field's default (before the key was
-# stored, every model had 1 input channel and 10 classes), so it still resumes under
-# the config it was written with.
-ADDED_SIGNATURE_KEYS = ("channels", "num_classes")
-
-
-def _with_added_keys(model: Any) -> Any:
-    """A stored model signature with the keys it predates set to their config defaults."""
-    if not isinstance(model, dict):
-        return model
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in ADDED_SIGNATURE_KEYS}
-    return {**defaults, **model}
-
-
-def _describe(model: Any) -> str:
-    if not isinstance(model, dict):
-        return "unknown"
-    extras = [k for k in ("batch_norm", "lrn") if model.get(k)]
-    return (
-        f"{model.get('arch')}{'+' + '+'.join(extras) if extras else ''} "
-        f"(head {model.get('head')}, hidden {model.get('hidden')}, {model.get('image_size')} px, "
-        f"channels {model.get('channels')}, classes {model.get('num_classes')})"
-    )

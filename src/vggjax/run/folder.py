@@ -30,7 +30,8 @@ import jax
 
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
-from vggjax.nn.vgg import VGG, check_fits, from_config
+from vggjax.nn.fit import check_fits, from_config
+from vggjax.nn.vgg import VGG
 from vggjax.run import weights as weights_io
 from vggjax.run.files import atomic_write_text
 

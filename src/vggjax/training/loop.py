@@ -10,23 +10,21 @@ Its two points where other features hook in:
 * :meth:`Trainer.end_epoch` — evaluation, the ``metrics.jsonl`` record, TensorBoard,
   curves and the end-of-epoch checkpoint.
 
-SIGINT and SIGTERM are caught while :meth:`Trainer.fit` runs: the loop finishes the
-current step, saves a checkpoint and raises :class:`~vggjax.errors.Interrupted`. A
-second signal stops at once (the last complete checkpoint stays usable). With several
-processes, all of them stop at the same step, as they save together.
+SIGINT and SIGTERM are caught while :meth:`Trainer.fit` runs (:mod:`vggjax.training.signals`):
+the loop finishes the current step, saves a checkpoint and raises
+:class:`~vggjax.errors.Interrupted`. A second signal stops at once (the last complete
+checkpoint stays usable). With several processes, all of them stop at the same step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
 import signal
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -38,12 +36,14 @@ from tqdm.auto import tqdm
 from vggjax import data
 from vggjax.config import TrainConfig
 from vggjax.errors import DivergedError, Interrupted
-from vggjax.run.checkpoint import Position, RunCheckpoints
+from vggjax.run.checkpoint import RunCheckpoints
 from vggjax.run.files import write_jsonl
 from vggjax.run.folder import RunDir
+from vggjax.run.meta import Position
 from vggjax.run.metrics import LOG_EVERY, MetricsWriter
 from vggjax.run.plots import plot_curves
 from vggjax.training import parallel
+from vggjax.training.signals import stop_signals
 from vggjax.training.steps import TrainState
 
 SYNC_EVERY = LOG_EVERY  # steps between host syncs (progress, TensorBoard, NaN/Inf check)
@@ -64,35 +64,6 @@ def evaluate(
     total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
     n = total["count"]
     return {"loss": total["loss"] / n, "acc": total["correct"] / n, "acc5": total["correct5"] / n}
-
-
-class _StopFlag:
-    signum: int | None = None
-
-
-@contextlib.contextmanager
-def stop_signals() -> Iterator[_StopFlag]:
-    """Within the block, SIGINT and SIGTERM set ``flag.signum`` instead of stopping.
-
-    A second signal raises :class:`~vggjax.errors.Interrupted` at once. Handlers can
-    only be set in the main thread; elsewhere the flag is never set.
-    """
-    flag = _StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag.signum is not None:
-            raise Interrupted(f"stopped by a second {signal.Signals(signum).name}", signum)
-        flag.signum = signum
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 @dataclasses.dataclass
@@ -157,7 +128,7 @@ class Trainer:
                 began = time.perf_counter()
                 state, metrics = self.train_epoch(state, epoch, first, done)
                 self.end_epoch(state, epoch, metrics, steps_run=len(metrics) - len(done), began=began)
-                if self._stop_now(at_sync=True) and epoch < self.config.epochs:
+                if self._stop.now(at_sync=True) and epoch < self.config.epochs:
                     self._interrupt(state)
         self.checkpoints.wait()
         return state
@@ -201,7 +172,7 @@ class Trainer:
                 step = (epoch - 1) * steps + i
                 save = every is not None and step % every == 0 and i < steps
                 log_point = i % SYNC_EVERY == 0 or i == steps
-                stop = self._stop_now(at_sync=log_point or save)
+                stop = self._stop.now(at_sync=log_point or save)
                 if log_point or save or stop:
                     self.check_finite(metrics, checked, epoch)
                     checked = len(metrics)
@@ -286,23 +257,6 @@ class Trainer:
             records=self.records,
             val_acc=val_acc,
         )
-
-    def _stop_now(self, *, at_sync: bool) -> bool:
-        """Whether a signal asks to stop after this step.
-
-        Every process must stop at the same step, as they save together: with several
-        processes the flags are gathered at sync points only (a small all-gather).
-        """
-        if jax.process_count() == 1:
-            return self._stop.signum is not None
-        if not at_sync:
-            return False
-        from jax.experimental import multihost_utils
-
-        signums = multihost_utils.process_allgather(np.int32(self._stop.signum or 0))
-        if self._stop.signum is None and int(np.max(signums)):
-            self._stop.signum = int(np.max(signums))
-        return self._stop.signum is not None
 
     def _interrupt(self, state) -> None:
         self.checkpoints.wait()

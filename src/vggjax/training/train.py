@@ -20,49 +20,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import optax
 
 from vggjax import data
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import pretrained
-from vggjax.nn.vgg import VGG, from_config
+from vggjax.nn.fit import from_config
+from vggjax.nn.vgg import VGG
 from vggjax.run import weights
-from vggjax.run.checkpoint import Position, RunCheckpoints
+from vggjax.run.checkpoint import RunCheckpoints
 from vggjax.run.files import write_jsonl
 from vggjax.run.folder import RunDir
+from vggjax.run.meta import Position, model_signature
 from vggjax.run.metrics import MetricsWriter
 from vggjax.run.report import write_report
 from vggjax.run.resume import check_same_model
 from vggjax.training import parallel
 from vggjax.training.loop import Trainer, evaluate, warn_if_stuck
+from vggjax.training.optim import make_optimizer, make_schedule
 from vggjax.training.steps import TrainState, create_train_state, eval_step, train_step
 
-__all__ = ["describe", "evaluate", "make_optimizer", "make_schedule", "train_and_evaluate"]
+__all__ = ["describe", "evaluate", "train_and_evaluate"]
 _warn_if_stuck = warn_if_stuck  # its earlier name
-
-
-def make_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-    """The learning rate as a function of updates done: linear warm-up, then cosine or constant."""
-    total = max(1, config.epochs * steps_per_epoch)
-    warmup = min(total - 1, int(config.warmup_epochs * steps_per_epoch))
-    if config.schedule == "cosine":
-        decay = optax.cosine_decay_schedule(config.lr, total - warmup)
-    else:
-        decay = optax.constant_schedule(config.lr)
-    schedule = optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), decay], [warmup])
-    # optax mixes the int32 count with Python floats, which strict dtype promotion refuses;
-    # a float32 count gives the same values (the schedules turn it into float32 anyway).
-    return lambda count: schedule(jnp.asarray(count, jnp.float32))
-
-
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """SGD with momentum, coupled weight decay (PyTorch's convention) and the LR schedule."""
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay),
-        optax.sgd(make_schedule(config, steps_per_epoch), momentum=config.momentum or None),
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,21 +98,6 @@ def build_step(config: TrainConfig, mesh: jax.sharding.Mesh, steps_per_epoch: in
     )
     eval_fn = jax.jit(functools.partial(eval_step, image_size=config.image_size), out_shardings=rep)
     return Steps(model, init, init_rng, dropout_rng, train_fn, eval_fn, rep, split)
-
-
-def model_signature(config: TrainConfig) -> dict:
-    """What the params of ``config``'s model fit (stored with and checked against each checkpoint)."""
-    arch = config.resolved_arch()
-    return {
-        "arch": str(arch),
-        "batch_norm": arch.batch_norm,
-        "lrn": arch.lrn,
-        "head": config.head,
-        "hidden": config.hidden,
-        "channels": config.channels,
-        "num_classes": config.num_classes,
-        "image_size": config.image_size,  # fc6's shape depends on it with the flatten head
-    }
 
 
 def train_and_evaluate(
