@@ -12,7 +12,7 @@ from vggjax.config import TrainConfig
 from vggjax.data import images
 from vggjax.data.images import border_is_light, to_grey
 from vggjax.errors import ConfigError, DataError
-from vggjax.nn.vgg import from_config
+from vggjax.nn.fit import from_config
 from vggjax.preprocessing import PREPROCESSING
 from vggjax.run.folder import LoadedRun, RunDir
 from vggjax.tasks.predict import (

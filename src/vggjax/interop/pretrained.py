@@ -24,7 +24,7 @@ from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import torchfile
 from vggjax.interop import torchvision as interop
-from vggjax.nn.vgg import check_shapes
+from vggjax.nn.fit import check_shapes
 from vggjax.preprocessing import PREPROCESSING
 from vggjax.run.folder import RunDir
 

@@ -279,11 +279,3 @@ def build_model(
     """
     return VGG(get_arch(arch, width=width, batch_norm=batch_norm), **kwargs)
 
-
-def __getattr__(name: str) -> Any:
-    """``check_shapes`` moved to :mod:`vggjax.nn.fit`; interop/pretrained.py still imports it from here."""
-    if name == "check_shapes":
-        from vggjax.nn import fit
-
-        return fit.check_shapes
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
