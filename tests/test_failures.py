@@ -271,3 +271,37 @@ def test_overwrite_replaces_only_the_runs_own_files(tmp_path):
     RunDir(out).check_new(overwrite=True)
     RunDir(out).prepare(overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+# Bad input to the other subcommands. Each case is a function of ``tmp_path`` returning
+# ``(argv, folder that must come through unchanged, what the one-line message must contain)``.
+COMMAND_CASES: dict = {}
+
+
+def command_case(fn):
+    """Registers a bad-input case of a subcommand other than train, under its function name."""
+    COMMAND_CASES[fn.__name__] = fn
+    return fn
+
+
+@command_case
+def summary_unparsable_arch(tmp_path):
+    return ["summary", "--arch", "((1,16)"], tmp_path, "cannot parse arch '((1,16)'"
+
+
+# --- resource bounds, adaptive upsampling, summary head/pooling (issue 13: 5, 6, 8)
+
+# --- dilation (issue 13: 13)
+
+# --- export-torchvision, _bn apply, resume of a finished run, error text (issue 13: 7, 9, 11, 12)
+
+
+@pytest.mark.parametrize("case", list(COMMAND_CASES))
+def test_bad_command_input_is_one_line_exit_2_and_damages_nothing(case, tmp_path, capsys):
+    argv, keep, message = COMMAND_CASES[case](tmp_path)
+    before = snapshot(keep)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert snapshot(keep) == before
