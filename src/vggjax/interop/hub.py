@@ -43,7 +43,7 @@ class Weights:
       url: torchvision's URL; the hex in the file name is the SHA-256 prefix.
       mib: torchvision's ``meta["_file_size"]``, the size in MiB (2**20 bytes) to 3 decimals.
       size: the exact size in bytes, where a public download record gives it, else None.
-      classifier: False for a features-only file, whose ``classifier.*`` holds no trained values.
+      classifier: False for a features-only file, whose ``classifier.*`` is "missing values" (torchvision).
       width: the width multiplier the file is at (1.0 for torchvision's).
     """
 
@@ -211,7 +211,7 @@ def check_convertible(w: Weights, given: dict[str, Any] | None = None) -> None:
       given: flags the user gave beside the name, e.g. ``{"--arch": "vgg11", "--width": None}``.
 
     Raises:
-      CheckpointError: for a features-only file, whose classifier holds no trained values.
+      CheckpointError: for a features-only file, whose classifier is missing values.
       ConfigError: for a given ``--arch`` or ``--width`` other than the entry's.
     """
     for flag, value in (given or {}).items():
@@ -220,8 +220,8 @@ def check_convertible(w: Weights, given: dict[str, Any] | None = None) -> None:
             raise ConfigError(f"{flag} {value} contradicts {w.key}, which is {implied}; drop {flag}")
     if not w.classifier:
         raise CheckpointError(
-            f"{w.key} is torchvision's features-only file: its classifier holds no trained values, so "
-            f"it cannot classify or start a classifier; `vggjax weights get {w.key}` gives the file for "
+            f"{w.key} is torchvision's features-only file: its classifier is missing values, so it "
+            f"cannot classify or start a classifier; `vggjax weights get {w.key}` gives the file for "
             f"its features.* weights, or use {w.arch}"
         )
 
