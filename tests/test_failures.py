@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from tiny import TINY_FLAGS, tiny_config
 from vggjax import data
 from vggjax.cli import main
 from vggjax.config import TrainConfig
+from vggjax.interop import hub
 from vggjax.nn.fit import from_config
 from vggjax.run.checkpoint import RunCheckpoints
 from vggjax.run.files import atomic_write_text
@@ -294,6 +296,92 @@ def summary_unparsable_arch(tmp_path):
 # --- dilation (issue 13: 13)
 
 # --- export-torchvision, _bn apply, resume of a finished run, error text (issue 13: 7, 9, 11, 12)
+
+# --- weights by name (issue 14)
+
+
+@pytest.fixture(autouse=True)
+def weights_offline(tmp_path, monkeypatch):
+    """Weights names download into tmp_path/home from a closed port on 127.0.0.1: offline, always.
+
+    No test here reaches the network, and whatever a refused command left in the cache would
+    show in the snapshot of tmp_path.
+    """
+    monkeypatch.setenv("VGGJAX_HOME", str(tmp_path / "home"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    for key, w in hub.REGISTRY.items():
+        monkeypatch.setitem(hub.REGISTRY, key, dataclasses.replace(w, url=closed + w.file))
+
+
+def offline(tmp_path, key="vgg16:IMAGENET1K_V1"):
+    """The whole message for downloading ``key`` with no server."""
+    w = hub.REGISTRY[key]
+    return (
+        f"error: cannot download {w.url} (Connection refused); download it by hand and save it as "
+        f"{tmp_path / 'home' / 'weights' / w.file} (its SHA-256 starts {w.sha256_prefix}), then run again\n"
+    )
+
+
+@command_case
+def weights_get_unknown_arch(tmp_path):
+    message = "torchvision has no weights for 'vgg15'; the names are vgg11, vgg11_bn, vgg13,"
+    return ["weights", "get", "vgg15"], tmp_path, message
+
+
+@command_case
+def weights_get_unknown_weights_name(tmp_path):
+    message = "no vgg16 weights named 'IMAGENET1K_V2'; vgg16's are IMAGENET1K_V1, IMAGENET1K_FEATURES"
+    return ["weights", "get", "vgg16", "--name", "IMAGENET1K_V2"], tmp_path, message
+
+
+@command_case
+def weights_get_offline(tmp_path):
+    return ["weights", "get", "vgg16"], tmp_path, offline(tmp_path)
+
+
+@command_case
+def predict_imagenet_by_name_offline(tmp_path):
+    return ["predict-imagenet", "vgg16", str(tmp_path / "a.png")], tmp_path, offline(tmp_path)
+
+
+@command_case
+def predict_imagenet_features_only_weights(tmp_path):
+    argv = ["predict-imagenet", "vgg16:IMAGENET1K_FEATURES", str(tmp_path / "a.png")]
+    return argv, tmp_path, "vgg16:IMAGENET1K_FEATURES is torchvision's features-only file: its classifier"
+
+
+@command_case
+def convert_by_name_with_another_arch(tmp_path):
+    argv = ["convert-torchvision", "vgg16", "--arch", "vgg11", "--out", str(tmp_path / "out")]
+    return argv, tmp_path, "--arch vgg11 contradicts vgg16:IMAGENET1K_V1, which is vgg16; drop --arch"
+
+
+@command_case
+def convert_by_name_into_a_used_folder_before_downloading(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    argv = ["convert-torchvision", "vgg16_bn", "--out", str(tmp_path / "out")]
+    return argv, tmp_path, f"output folder {tmp_path / 'out'} is not empty and is not a vggjax run"
+
+
+@command_case
+def convert_file_without_arch(tmp_path):
+    argv = ["convert-torchvision", str(tmp_path / "w.pth"), "--out", str(tmp_path / "out")]
+    return argv, tmp_path, f"--arch is needed with a file: the arch {tmp_path / 'w.pth'} holds"
+
+
+@command_case
+def train_init_from_name_offline(tmp_path):
+    argv = ["train", "--init-from", "vgg11_bn", "--out", str(tmp_path / "out")]
+    return argv, tmp_path, offline(tmp_path, "vgg11_bn:IMAGENET1K_V1")
+
+
+@command_case
+def train_init_from_unknown_weights_name(tmp_path):
+    argv = ["train", "--init-from", "vgg16_bn:IMAGENET1K_FEATURES", "--out", str(tmp_path / "out")]
+    return argv, tmp_path, "torchvision has no vgg16_bn weights named 'IMAGENET1K_FEATURES'; vgg16_bn's are"
 
 
 @pytest.mark.parametrize("case", list(COMMAND_CASES))

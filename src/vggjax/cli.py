@@ -98,7 +98,12 @@ def _predict_parser(sub, name: str = "predict", top_k: int = 3, imagenet_only: b
         "256, centre crop 224. Exit status 1 if any file could not be read."
         + (" predict-imagenet refuses runs that are not ImageNet weights." if imagenet_only else ""),
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder from vggjax train or convert-torchvision")
+    p.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        help="a folder from vggjax train or convert-torchvision, or torchvision weights by name: vgg16, "
+        "vgg11_bn:IMAGENET1K_V1 (vggjax weights list)",
+    )
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
     p.add_argument("--top-k", "--top", dest="top_k", type=int, default=top_k, help="classes per image")
     p.add_argument("--invert", help="Fashion-MNIST runs: make it light-on-black: auto (default), yes or no")
@@ -131,9 +136,13 @@ def _convert_parser(sub) -> None:
         "Convert a torchvision VGG state_dict (.pth or .safetensors) into a vggjax run folder "
         "(config.json + weights/), for predict and train --init-from. torch is not needed.",
     )
-    p.add_argument("weights", help="torchvision state_dict file, e.g. vgg16-397923af.pth")
-    p.add_argument("--arch", required=True, help="the arch the file holds: vgg11 ... vgg19_bn, or a literal")
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier (1.0 for torchvision's models)")
+    p.add_argument(
+        "weights",
+        help="torchvision state_dict file, e.g. vgg16-397923af.pth, or torchvision's weights by name: vgg16, "
+        "vgg16:IMAGENET1K_V1 (downloaded once; vggjax weights list)",
+    )
+    p.add_argument("--arch", help="the arch the file holds: vgg11 ... vgg19_bn, a literal; a name implies it")
+    p.add_argument("--width", type=float, help="width multiplier (default 1.0, torchvision's models)")
     p.add_argument("--dataset", default="imagenet", choices=["imagenet", "fashion-mnist"], help="trained on")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
@@ -150,6 +159,36 @@ def _export_parser(sub) -> None:
     )
     p.add_argument("run_dir", help="run folder (from vggjax train or convert-torchvision)")
     p.add_argument("out", help="output file, .pth or .safetensors")
+
+
+def _weights_parser(sub) -> None:
+    p = _command(
+        sub,
+        "weights",
+        None,
+        "torchvision's VGG weights by name: list them, or download one into the cache",
+        "torchvision's VGG weights files by name: ARCH (its default weights) or ARCH:WEIGHTS, e.g. "
+        "vgg16 or vgg16:IMAGENET1K_FEATURES. A file is downloaded once from torchvision's URL into "
+        "$VGGJAX_HOME/weights (default ~/.cache/vggjax/weights) and checked against the SHA-256 "
+        "prefix in its name. convert-torchvision, predict, predict-imagenet and train --init-from "
+        "take these names too.",
+    )
+    actions = p.add_subparsers(dest="weights_action", required=True, metavar="ACTION")
+    q = _command(actions, "list", commands.weights_list, "every weights name with its URL, size and hash")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q = _command(
+        actions,
+        "get",
+        commands.weights_get,
+        "download a weights file (once) and print its path",
+        "Print the path of a torchvision weights file, downloading it first if it is not in the "
+        "cache. Offline, put the file there by hand: the error names the URL and the path.",
+    )
+    q.add_argument("arch", metavar="ARCH[:WEIGHTS]", help="vgg11 ... vgg19_bn; e.g. vgg16:IMAGENET1K_V1")
+    q.add_argument(
+        "--name", metavar="WEIGHTS", help="torchvision's VGG*_Weights member (default IMAGENET1K_V1)"
+    )
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _bench_parser(sub) -> None:
@@ -186,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _predict_parser(sub, "predict-imagenet", top_k=5, imagenet_only=True)
     _bench_parser(sub)
+    _weights_parser(sub)
     return parser
 
 

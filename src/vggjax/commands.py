@@ -98,10 +98,17 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
+    from vggjax.errors import ConfigError
+    from vggjax.interop import hub
     from vggjax.run.folder import RunDir
     from vggjax.tasks.predict import check_imagenet_run, format_prediction, predict_files, read_labels
 
-    run = RunDir(args.run_dir).load(args.checkpoint)
+    w = hub.named(args.run_dir)
+    if w is not None and args.checkpoint:
+        raise ConfigError(
+            f"--checkpoint picks the weights of a run folder, but {args.run_dir} names torchvision's; drop it"
+        )
+    run = RunDir(args.run_dir).load(args.checkpoint) if w is None else hub.load_run(w, log=_out)
     if args.imagenet_only:
         check_imagenet_run(run.config, args.run_dir)
     labels = read_labels(args.labels, run.config.num_classes) if args.labels else None
@@ -124,13 +131,40 @@ def receptive_field(args: argparse.Namespace) -> int:
 
 
 def convert(args: argparse.Namespace) -> int:
+    from vggjax.errors import CheckpointError
+    from vggjax.interop import hub
     from vggjax.interop.pretrained import convert_torchvision
+    from vggjax.run.folder import RunDir
 
-    c = convert_torchvision(
-        args.weights, args.arch, args.out, width=args.width, dataset=args.dataset, overwrite=args.overwrite
-    )
+    w, given = hub.named(args.weights), {"--arch": args.arch, "--width": args.width}
+    if w is None and args.arch is None:
+        raise CheckpointError(
+            f"--arch is needed with a file: the arch {args.weights} holds (vgg11 ... vgg19_bn, or a "
+            "literal); a weights name such as vgg16 implies it"
+        )
+    if w is not None:
+        hub.check_convertible(w, given)
+        RunDir(args.out).check_new(overwrite=args.overwrite)  # before a download, not after
+    path = args.weights if w is None else hub.weights_file(w.arch, w.name)
+    arch, width = (args.arch, args.width or 1.0) if w is None else (w.arch, w.width)
+    c = convert_torchvision(path, arch, args.out, width=width, dataset=args.dataset, overwrite=args.overwrite)
     shape = f"{c.arch}, {c.channels} channels, {c.num_classes} classes, head {c.head}"
-    _out(f"converted {args.weights} ({shape}) to {args.out}")
+    _out(f"converted {args.weights if w is None else f'{w.key} ({path})'} ({shape}) to {args.out}")
+    return 0
+
+
+def weights_list(args: argparse.Namespace) -> int:
+    from vggjax.interop import hub
+
+    _print(args, [w.to_json() for w in hub.REGISTRY.values()], hub.format_registry())
+    return 0
+
+
+def weights_get(args: argparse.Namespace) -> int:
+    from vggjax.interop import hub
+
+    w = hub.parse(args.arch, args.name)
+    _out(str(hub.weights_file(w.arch, w.name, progress=False if args.no_progress else None)))
     return 0
 
 

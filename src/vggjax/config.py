@@ -129,7 +129,8 @@ class TrainConfig:
     )
     init_from: str | None = option(
         None,
-        "start from this run's weights (e.g. from convert-torchvision); a new fc8 if the classes differ",
+        "start from this run's weights (e.g. from convert-torchvision), or from torchvision's by name "
+        "(vgg16, vgg11_bn:IMAGENET1K_V1); a new fc8 if the classes differ",
         metavar="RUN_DIR",
     )
     adapt_channels: bool = option(

@@ -69,6 +69,28 @@ def convert_torchvision(
       ConfigError: if ``run_dir`` is not empty and ``overwrite`` is False, or for an
         unknown ``dataset``.
     """
+    config, variables = read_torchvision(path, arch, width=width, dataset=dataset, log=log)
+    RunDir(run_dir).save(config, variables, overwrite=overwrite)
+    return config
+
+
+def read_torchvision(
+    path: str | Path,
+    arch: str,
+    *,
+    width: float = 1.0,
+    dataset: str = "imagenet",
+    log: Callable[[str], None] = print,
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config and variables :func:`convert_torchvision` writes, without writing them.
+
+    Returns:
+      ``(config, {"params": ..., "batch_stats": ...})`` of numpy arrays (``batch_stats``
+      empty without BatchNorm).
+
+    Raises:
+      CheckpointError, ConfigError: as :func:`convert_torchvision` (but for ``run_dir``).
+    """
     spec = get_arch(arch, width=width)
     variables, head = interop.from_torchvision(torchfile.read_state_dict(path), spec, log=log)
     if head.head is None:
@@ -87,8 +109,7 @@ def convert_torchvision(
         dataset=dataset,
         preprocessing=PREPROCESSING.get(dataset),  # None for an unknown dataset: validate names it
     ).validate()
-    RunDir(run_dir).save(config, variables, overwrite=overwrite)
-    return config
+    return config, variables
 
 
 def export_torchvision(run_dir: str | Path, path: str | Path) -> dict[str, Any]:

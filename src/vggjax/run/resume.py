@@ -16,6 +16,7 @@ from typing import Any
 
 from vggjax.config import TrainConfig, flag_name, get_preset
 from vggjax.errors import ConfigError
+from vggjax.interop import hub
 from vggjax.run.folder import RunDir
 
 # Settings that may change when a run is resumed: they do not change the trajectory
@@ -82,7 +83,9 @@ def train_config(
         ``out`` that may not be written, ``resume`` with ``overwrite`` or another ``out``,
         or a flag that disagrees with the resumed run's saved config.
       ArchError: for an invalid arch or width.
-      CheckpointError: if ``init_from`` is not a run folder, or ``resume`` is not a resumable run.
+      CheckpointError: if ``init_from`` is neither a run folder nor torchvision weights by name
+        (:func:`vggjax.interop.hub.named`; those are downloaded here if need be), or ``resume``
+        is not a resumable run.
     """
     folders = {"out": out, "resume": resume, **{k: overrides.get(k) for k in ("init_from", "data_dir")}}
     for name, value in folders.items():
@@ -92,7 +95,7 @@ def train_config(
             raise ConfigError(f"{flag} is empty; give it a folder, or drop {flag}")
     base = get_preset(preset) if preset else None
     if overrides.get("init_from") and not resume:
-        base = inherit_model(base or get_preset("default"), RunDir(overrides["init_from"]).config())
+        base = inherit_model(base or get_preset("default"), hub.run_config(overrides["init_from"]))
     if multi_process and not (out or resume):
         raise ConfigError("a multi-process run needs --out, one folder that every process can reach")
     if resume:

@@ -24,7 +24,7 @@ import jax
 from vggjax import data
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
-from vggjax.interop import pretrained
+from vggjax.interop import hub, pretrained
 from vggjax.nn.fit import from_config
 from vggjax.nn.vgg import VGG
 from vggjax.run import weights
@@ -153,8 +153,8 @@ def train_and_evaluate(
         )
     source = None  # the --init-from weights, read once
     if config.init_from and not resume:
-        check_same_model(config, RunDir(config.init_from).config())
-        source = RunDir(config.init_from).read_variables()
+        source_config, source = hub.read_run(config.init_from, log=log)  # a run folder or weights name
+        check_same_model(config, source_config)
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, flag="--eval-batch-size")
