@@ -63,6 +63,13 @@ def test_literal_forms():
         ("((1,8,2),)", "odd positive"),
         ("((2,8,(3,3,3)),)", "tuple of 2 ints"),
         ("((1,),)", "expected (num_convs, channels)"),
+        ("((1,8,3,1,1),)", "or (num_convs, channels, kernels, dilations)"),
+        ("((2,8,3,0),)", "dilations must be positive integers (1: no dilation), got 0"),
+        ("((2,8,3,-2),)", "dilations must be positive integers (1: no dilation), got -2"),
+        ("((2,8,3,1.5),)", "dilations must be an int or a tuple of 2 ints, got 1.5"),
+        ("((2,8,3,(1,True)),)", "dilations must be positive integers (1: no dilation), got True"),
+        ("((2,8,3,(1,2,3)),)", "dilations must be an int or a tuple of 2 ints, got (1, 2, 3)"),
+        ("((2,8,3,'2'),)", "dilations must be an int or a tuple of 2 ints, got '2'"),
         ("vgg12", "unknown arch 'vgg12'"),
         ("__import__('os').system('true')", "unknown arch"),
         ("(__import__('os'),)", "cannot parse"),
@@ -162,3 +169,90 @@ def test_head_layers_are_torchvisions_classifier():
 def test_unknown_head_or_pooling(kwargs, message):
     with pytest.raises(ArchError, match=message):
         layers(get_arch("vgg11"), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "literal, shortest",
+    [
+        ("((2,8,3,1),)", ((2, 8),)),  # dilation 1 everywhere is the plain form
+        ("((2,8,1,(1,1)),)", ((2, 8, 1),)),
+        ("((2,8,3,2),)", ((2, 8, 3, 2),)),
+        ("((2,8,5,(2,2)),)", ((2, 8, 5, 2),)),
+        ("((3,64,3,(1,2,3)),)", ((3, 64, 3, (1, 2, 3)),)),
+        ("((2,8,(3,1),(2,5)),(1,16))", ((2, 8, (3, 1), (2, 5)), (1, 16))),
+    ],
+)
+def test_dilated_blocks_print_in_the_shortest_form_and_parse_back(literal, shortest):
+    arch = get_arch(literal)
+    assert arch.to_tuple() == shortest
+    assert get_arch(str(arch)).blocks == arch.blocks == get_arch(shortest).blocks
+    assert get_arch(literal, width=0.5).blocks[0].dilations == arch.blocks[0].dilations  # width keeps them
+
+
+def test_block_dilations_default_to_one_and_old_forms_are_unchanged():
+    assert Block(8, (3, 1)).dilations == (1, 1) and Block(8, (3, 1)) == Block(8, (3, 1), (1, 1))
+    assert get_arch("((3,64,3,(1,2,3)),)").blocks == (Block(64, (3, 3, 3), (1, 2, 3)),)
+    assert [b.dilations for b in get_arch("C").blocks] == [(1, 1), (1, 1), (1, 1, 1), (1, 1, 1), (1, 1, 1)]
+    assert str(get_arch("C", width=0.25)) == "((2,16),(2,32),(3,64,(3,3,1)),(3,128,(3,3,1)),(3,128,(3,3,1)))"
+    with pytest.raises(ArchError, match=r"a block of 2 convs needs 2 dilations, got \(1, 2, 3\)"):
+        Block(8, (3, 3), (1, 2, 3))
+
+
+def test_dilated_convs_are_padded_to_keep_their_size():
+    convs = [x for x in layers(get_arch("((3,8,(3,5,1),(2,3,4)),)")) if x.kind == "conv"]
+    assert [(x.kernel, x.dilation, x.padding) for x in convs] == [(3, 2, 2), (5, 3, 6), (1, 4, 0)]
+    assert {x.dilation for x in layers(get_arch("((3,8,3,2),)"), head="flatten") if x.kind != "conv"} == {1}
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (
+            "((100000000,16),)",
+            "block 1 (100000000, 16): num_convs 100,000,000 is over the limit of 64 (per block; "
+            "VGG-19 has 4); use fewer convs per block",
+        ),
+        (
+            str(((64, 8),) * 5),
+            "arch blocks 1-5: convs in all 320 is over the limit of 256 (VGG-19 has 16); "
+            "use fewer blocks or fewer convs per block",
+        ),
+        (
+            "((1,100000),)",
+            "block 1 (1, 100000): channels 100,000 is over the limit of 16,384 (32x VGG's widest, 512); "
+            "use fewer channels or a smaller width",
+        ),
+        (
+            "((1,8,101),)",
+            "block 1 (1, 8, 101): kernel size 101 is over the limit of 99 (over 3x RepLKNet's 31); "
+            "use a smaller kernel",
+        ),
+        (
+            "((2,8,3,(1,1000)),)",
+            "block 1 (2, 8, 3, (1, 1000)): dilation 1,000 is over the limit of 256 (a 3x3 conv then "
+            "spans 513 pixels); use a smaller dilation",
+        ),
+    ],
+)
+def test_arch_sizes_are_bounded_in_one_line(spec, message):
+    with pytest.raises(ArchError) as e:
+        get_arch(spec)
+    assert str(e.value) == message
+
+
+def test_bounds_themselves_are_accepted():
+    arch = get_arch(str(((64, 8),) * 3 + ((63, 8), (1, 16384, 99, 256))))
+    assert sum(b.num_convs for b in arch.blocks) == 256 and arch.out_channels == 16384
+
+
+def test_width_is_bounded_by_the_channels_it_gives():
+    assert get_arch("vgg11", width=32).out_channels == 16384
+    for width, message in [
+        (1e9, "width multiplier 1e+09 gives block 4 512,000,000,000 channels, over the limit of 16,384"),
+        (32.01, "width multiplier 32.01 gives block 4 16,389 channels, over the limit of 16,384"),
+    ]:
+        with pytest.raises(ArchError) as e:
+            get_arch("vgg11", width=width)
+        assert str(e.value) == f"{message} (32x VGG's widest, 512); use a width of at most 32"
+    with pytest.raises(ArchError, match=r"gives block 1 20,000 channels, .*; use a width of at most 8.192$"):
+        get_arch("((1,2000),)", width=10)

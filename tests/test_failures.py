@@ -143,6 +143,27 @@ CASES = {
     "width zero": (["--width", "0"], "width multiplier must be > 0, got 0.0"),
     "width negative": (["--width", "-0.5"], "width multiplier must be > 0, got -0.5"),
     "width infinite": (["--width", "inf"], "width multiplier must be finite, got inf"),
+    "arch huge convs": (
+        ["--arch", "((100000000,16),)"],
+        "block 1 (100000000, 16): num_convs 100,000,000 is over the limit of 64 (per block; VGG-19 has 4)",
+    ),
+    "arch too many convs in all": (
+        ["--arch", str(((64, 8),) * 5)],
+        "arch blocks 1-5: convs in all 320 is over the limit of 256 (VGG-19 has 16); use fewer blocks",
+    ),
+    "arch huge channels": (
+        ["--arch", "((1,1000000),)"],
+        "channels 1,000,000 is over the limit of 16,384 (32x VGG's widest, 512); use fewer channels",
+    ),
+    "width huge": (
+        ["--width", "1e9"],
+        "width multiplier 1e+09 gives block 4 512,000,000,000 channels, over the limit of 16,384 "
+        "(32x VGG's widest, 512); use a width of at most 32",
+    ),
+    "arch zero dilation": (
+        ["--arch", "((2,16,3,0),)"],
+        "dilations must be positive integers (1: no dilation), got 0",
+    ),
     "image too small": (
         ["--image-size", "16"],
         "--image-size 16 is too small for 5 2x2 max-pools; use at least 32",
@@ -294,6 +315,77 @@ def summary_unparsable_arch(tmp_path):
 # --- resource bounds, adaptive upsampling, summary head/pooling (issue 13: 5, 6, 8)
 
 # --- dilation (issue 13: 13)
+
+
+@command_case
+def receptive_field_huge_num_convs(tmp_path):
+    # used to build a 100-million-entry kernel list: MemoryError (or minutes of swapping)
+    message = "error: block 1 (100000000, 16): num_convs 100,000,000 is over the limit of 64 (per block; "
+    return ["receptive-field", "--arch", "((100000000,16),)"], tmp_path, message + "VGG-19 has 4)"
+
+
+@command_case
+def receptive_field_too_many_convs_in_all(tmp_path):
+    arch = str(((64, 8),) * 5)
+    return (
+        ["receptive-field", "--arch", arch],
+        tmp_path,
+        "arch blocks 1-5: convs in all 320 is over the limit of 256",
+    )
+
+
+@command_case
+def summary_huge_width(tmp_path):
+    message = "width multiplier 1e+09 gives block 4 512,000,000,000 channels, over the limit of 16,384"
+    return ["summary", "--width", "1e9"], tmp_path, message
+
+
+@command_case
+def summary_huge_channels(tmp_path):
+    message = "block 1 (1, 100000): channels 100,000 is over the limit of 16,384"
+    return ["summary", "--arch", "((1,100000),)"], tmp_path, message
+
+
+@command_case
+def receptive_field_zero_dilation(tmp_path):
+    message = "block 1 (3, 16, 3, 0): dilations must be positive integers (1: no dilation), got 0"
+    return ["receptive-field", "--arch", "((3,16,3,0),)"], tmp_path, message
+
+
+@command_case
+def receptive_field_fractional_dilation(tmp_path):
+    message = "block 1 (3, 16, 3, 1.5): dilations must be an int or a tuple of 3 ints, got 1.5"
+    return ["receptive-field", "--arch", "((3,16,3,1.5),)"], tmp_path, message
+
+
+@command_case
+def summary_dilations_of_the_wrong_length(tmp_path):
+    message = "block 1 (3, 16, 3, (1, 2)): dilations must be an int or a tuple of 3 ints, got (1, 2)"
+    return ["summary", "--arch", "((3,16,3,(1,2)),)"], tmp_path, message
+
+
+@command_case
+def receptive_field_huge_dilation(tmp_path):
+    message = (
+        "block 1 (1, 16, 3, 1000): dilation 1,000 is over the limit of 256 (a 3x3 conv then spans 513 pixels)"
+    )
+    return ["receptive-field", "--arch", "((1,16,3,1000),)"], tmp_path, message
+
+
+@command_case
+def export_torchvision_dilated_run(tmp_path):
+    # torchvision's VGG would load the weights (same shapes) and run them undilated
+    config = tiny_config(arch="((1,64),(1,128,3,2),(2,256),(2,512),(2,512))")
+    run = make_run(tmp_path / "run", config=config, checkpoint_of=None)
+    state = create_train_state(
+        from_config(config), make_optimizer(config, 4), jax.random.key(0), (1, 32, 32, 1)
+    )
+    save_variables(run / "weights", {"params": state.params, "batch_stats": state.batch_stats})
+    message = (
+        "torchvision's VGG has no dilated convs, but this arch dilates conv2_1 (2): torchvision.models.vgg*"
+    )
+    return ["export-torchvision", str(run), str(tmp_path / "out.safetensors")], tmp_path, message
+
 
 # --- export-torchvision, _bn apply, resume of a finished run, error text (issue 13: 7, 9, 11, 12)
 

@@ -34,6 +34,8 @@ def _grads(model, variables, x, labels):
         ("vgg11", 32, 1),  # 1-channel first layer (9 multiply-adds), im2col on the small maps
         ("vgg11_bn", 32, 3),  # BatchNorm; 3-channel first layer through lax.conv
         ("C", 64, 1),  # the paper's config C (1x1 convs); lax.conv on maps of 16 pixels and more
+        # dilated convs fall through to lax.conv_general_dilated, the plain convs stay fast
+        ("((1,64),(2,128,3,(1,2)),(2,256,3,2),(2,512,(3,1),(2,4)),(2,512))", 32, 1),
     ],
 )
 def test_gradients_equal_plain_model(arch, size, channels):

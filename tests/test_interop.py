@@ -14,7 +14,7 @@ from tiny import TINY, tiny_arch
 from torch_vgg import make_torch_vgg
 
 from vggjax.arch import get_arch, layers
-from vggjax.errors import CheckpointError
+from vggjax.errors import ArchError, CheckpointError
 from vggjax.interop.torchfile import read_state_dict
 from vggjax.interop.torchvision import fc6_from_torch, from_torchvision, to_torchvision
 from vggjax.nn.features import features
@@ -78,6 +78,25 @@ def test_parity_full_size_224_and_100(name):
         np.testing.assert_array_equal(bn["var"], module.features[12].running_var.numpy())
     del module, state, variables
     gc.collect()
+
+
+def test_parity_with_torch_dilated_convs_and_no_torchvision_export():
+    # torch's Conv2d(dilation=d, padding=d·(k//2)) has the same weights as the plain conv.
+    arch = "((1,64),(2,128,3,(1,2)),(2,256,3,2),(2,512,3,(2,4)),(2,512,(3,1),(3,5)))"
+    module = make_torch_vgg(arch, width=0.125, hidden=64)
+    spec = get_arch(arch, width=0.125)
+    variables, head = from_torchvision(numpy_state(module), spec)
+    assert_parity(
+        module, head.model(spec), variables, 64, ("conv2_2", "relu3_2", "conv4_2", "conv5_2", "pool5")
+    )
+    message = (
+        "torchvision's VGG has no dilated convs, but this arch dilates conv2_2 (2), conv3_1 (2), conv3_2 (2) "
+        "and 4 more: torchvision.models.vgg* would load the weights and compute something else; "
+        "export only runs without dilations"
+    )
+    with pytest.raises(ArchError) as e:
+        to_torchvision(variables, spec)
+    assert str(e.value) == message
 
 
 @pytest.fixture(scope="module")

@@ -143,3 +143,27 @@ def test_call_returns_logits_and_features_is_its_own_method():
     np.testing.assert_allclose(got["fc8"], logits, rtol=1e-6, atol=1e-6)
     with pytest.raises(TypeError, match="taps"):
         model.apply(variables, x, taps=("fc8",))
+
+
+@pytest.mark.parametrize("impl", ["xla", "cpu_fast"])
+def test_dilated_convs_are_lax_convs_with_rhs_dilation(impl):
+    # Same parameter shapes as the undilated arch; conv1_2 is the dilated conv of relu1_1.
+    dilated = VGG(get_arch("((2,8,3,(1,2)),(2,8,(3,5),3))"), head=None, impl=impl)
+    plain = VGG(get_arch("((2,8),(2,8,(3,5)))"), head=None, impl=impl)
+    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+    variables = dilated.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, plain.init(jax.random.key(0), x))
+    got = dilated.apply(variables, x, ["relu1_1", "conv1_2", "relu2_1", "conv2_2"], method=VGG.features)
+    for prev, name, (b, i), d in [("relu1_1", "conv1_2", (1, 2), 2), ("relu2_1", "conv2_2", (2, 2), 3)]:
+        conv = variables["params"][f"block{b}"][f"conv{i}"]
+        k = conv["kernel"].shape[0]
+        p = d * (k // 2)
+        dn = ("NHWC", "HWIO", "NHWC")
+        ref = jax.lax.conv_general_dilated(
+            got[prev], conv["kernel"], (1, 1), [(p, p), (p, p)], rhs_dilation=(d, d), dimension_numbers=dn
+        )
+        ref = ref + conv["bias"].reshape(1, 1, 1, -1)
+        assert got[name].shape == got[prev].shape
+        np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-5)
+    undilated = plain.apply(variables, x, ["conv1_2"], method=VGG.features)["conv1_2"]
+    assert float(jnp.abs(undilated - got["conv1_2"]).max()) > 1e-3  # the dilation is really applied

@@ -23,6 +23,20 @@ def test_vgg16_pool5_is_212():
     assert (f.receptive_field, f.jump, f.start) == (212, 32, 15.5)
 
 
+def test_dilations_1_2_3_give_fields_3_7_13():
+    # r_l = r_{l-1} + (k_l - 1)·d_l·j_{l-1}; a tool that ignores dilation says 3, 5, 7.
+    fields = receptive_fields(get_arch("((3,8,3,(1,2,3)),)"))
+    assert [(f.name, f.dilation, f.receptive_field, f.start) for f in fields] == [
+        ("conv1_1", 1, 3, 0),
+        ("conv1_2", 2, 7, 0),
+        ("conv1_3", 3, 13, 0),
+        ("pool1", 1, 14, 0.5),
+    ]
+    # After a pool (jump 2) a conv dilated 2 adds (3 - 1)·2·2 = 8 pixels; a dilated 1×1 adds none.
+    later = by_name("((1,8),(3,8,(3,1,3),(2,5,1)))")
+    assert [later[n].receptive_field for n in ("pool1", "conv2_1", "conv2_2", "conv2_3")] == [4, 12, 12, 16]
+
+
 def test_stride_one_closed_form():
     # The d2l chapter's r_L = 1 + sum(k_l - 1) while every stride is 1.
     fields = receptive_fields(get_arch("((4,8,(3,5,1,3)),)"))
@@ -53,15 +67,19 @@ def test_pointwise_layers_repeat_the_conv():
 def probe(arch):
     """A linear single-channel stand-in with the arch's geometry: (name, fn) per layer.
 
-    Convs are all-ones k×k kernels with padding k//2, pools are 2×2 stride-2 window
-    SUMS: a max-pool can pick any pixel of its window, and the sum's gradient reaches
-    all of them (a max-pool's reaches only the argmax).
+    Convs are all-ones k×k kernels with dilation d and padding d·(k//2), pools are 2×2
+    stride-2 window SUMS: a max-pool can pick any pixel of its window, and the sum's
+    gradient reaches all of them (a max-pool's reaches only the argmax).
     """
     stages = []
     for b, block in enumerate(arch.blocks, 1):
-        for i, k in enumerate(block.kernels, 1):
-            kernel = jnp.ones((1, 1, k, k))
-            conv = lambda x, w=kernel, p=k // 2: lax.conv_general_dilated(x, w, (1, 1), [(p, p), (p, p)])  # noqa: E731
+        for i, (k, d) in enumerate(zip(block.kernels, block.dilations, strict=True), 1):
+
+            def conv(x, k=k, d=d):
+                p = d * (k // 2)
+                w = jnp.ones((1, 1, k, k))
+                return lax.conv_general_dilated(x, w, (1, 1), [(p, p), (p, p)], rhs_dilation=(d, d))
+
             stages.append((f"conv{b}_{i}", conv))
         stages.append(
             (f"pool{b}", lambda x: lax.reduce_window(x, 0.0, lax.add, (1, 1, 2, 2), (1, 1, 2, 2), "VALID"))
@@ -75,7 +93,10 @@ def support(grad):
     return (rows[0], rows[-1]), (cols[0], cols[-1])
 
 
-@pytest.mark.parametrize("arch", ["vgg11", "vgg16", "C"])
+DILATED = "((2,8,3,(1,2)),(3,8,3,(1,2,3)),(2,8,(3,1),(2,5)),(1,8,5,2))"
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "vgg16", "C", DILATED])
 def test_closed_form_matches_gradient_measurement(arch):
     size = 256
     spec = get_arch(arch)
@@ -107,19 +128,29 @@ def positive_variables(model, x):
     return jax.tree.map(lambda s: rng.uniform(0.1, 1.0, s.shape).astype(np.float32), shapes)
 
 
-def test_real_model_conv_layers_match_exactly():
+@pytest.mark.parametrize(
+    "arch, width, block1, taps",
+    [
+        ("vgg16", 0.125, ((2, 8),), ("conv1_1", "relu1_2")),
+        ("((3,8,3,(1,2,3)),(1,8))", 1.0, ((3, 8, 3, (1, 2, 3)),), ("conv1_1", "relu1_2", "relu1_3")),
+    ],
+)
+def test_real_model_conv_layers_match_exactly(arch, width, block1, taps):
     # Positive weights and input: every ReLU passes, so the support is the whole field.
     # Only block1's parameters are needed; a one-block VGG has the same paths.
-    model = VGG(tiny_arch("vgg16"), head=None)
+    arch = get_arch(arch, width=width)
+    model = VGG(arch, head=None)
     x = jax.random.uniform(jax.random.key(1), (1, 32, 32, 1), minval=0.1)
-    variables = positive_variables(VGG(get_arch(((2, 8),)), head=None), x)
-    fields = by_name("vgg16")
-    for name in ("conv1_1", "relu1_2"):
+    variables = positive_variables(VGG(get_arch(block1), head=None), x)
+    fields = {f.name: f for f in receptive_fields(arch)}
+    for name in taps:
         grad = jax.jit(
             jax.grad(lambda x, name=name: features(model, variables, x, [name])[name][0, 16, 16, 0])
         )(x)
-        lo, hi = fields[name.replace("relu", "conv")].span(16)
-        assert support(np.asarray(grad[0, :, :, 0])) == ((lo, hi), (lo, hi))
+        field = fields[name.replace("relu", "conv")]
+        lo, hi = field.span(16)
+        assert support(np.asarray(grad[0, :, :, 0])) == ((lo, hi), (lo, hi)), name
+        assert hi - lo + 1 == field.receptive_field
 
 
 def test_real_max_pool_gradient_stays_inside_the_field():
@@ -137,12 +168,14 @@ def test_real_max_pool_gradient_stays_inside_the_field():
 def test_cli_json_and_table(capsys):
     assert main(["receptive-field", "--arch", "vgg16", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc["layers"][0]) == {"name", "kind", "kernel", "stride", "receptive_field", "jump", "start"}
+    keys = {"name", "kind", "kernel", "stride", "dilation", "receptive_field", "jump", "start"}
+    assert set(doc["layers"][0]) == keys
     assert doc["layers"][-1] == {
         "name": "pool5",
         "kind": "pool",
         "kernel": 2,
         "stride": 2,
+        "dilation": 1,
         "receptive_field": 212,
         "jump": 32,
         "start": 15.5,
@@ -155,10 +188,22 @@ def test_cli_json_and_table(capsys):
         "pool",
         "2",
         "2",
+        "1",
         "156",
         "32",
         "15.5",
     ]
+    assert main(["receptive-field", "--arch", "((3,8,3,(1,2,3)),)"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["layer", "kind", "kernel", "stride", "dilation", "field", "jump", "start"]
+    assert [line.split() for line in table[3:5]] == [
+        ["conv1_2", "conv", "3", "1", "2", "7", "1", "0"],
+        ["conv1_3", "conv", "3", "1", "3", "13", "1", "0"],
+    ]
+    assert main(["receptive-field", "--arch", "((3,8,3,(1,2,3)),)", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    fields = [(x["dilation"], x["receptive_field"]) for x in doc["layers"]]
+    assert fields == [(1, 3), (2, 7), (3, 13), (1, 14)]
 
 
 def test_cli_bad_arch_exits_2(capsys):

@@ -36,7 +36,10 @@ def test_seed_summary_vgg11_224_one_channel():
     assert rows[2].macs == 56 * 56 * 9 * (128 * 256 + 256 * 256)
 
 
-@pytest.mark.parametrize("name", ["vgg11", "vgg13_bn", "C", "A-LRN"])
+DILATED = "((1,64),(2,128,3,(1,2)),(2,256,3,2),(2,512,(3,1),(2,4)),(2,512))"
+
+
+@pytest.mark.parametrize("name", ["vgg11", "vgg13_bn", "C", "A-LRN", DILATED])
 @pytest.mark.parametrize("size, channels, head", [(32, 1, "flatten"), (64, 3, "adaptive")])
 def test_params_equal_the_model(name, size, channels, head):
     arch = get_arch(name, width=0.25)
@@ -97,3 +100,43 @@ def test_summary_cli_non_positive_channels_is_one_line_exit_2(capsys):
     captured = capsys.readouterr()
     assert captured.err == "error: --channels must be a positive integer, got 0\n"
     assert captured.out == ""
+
+
+def test_dilation_changes_no_number_and_is_shown():
+    plain, dilated = (
+        get_arch("((1,64),(2,128),(2,256),(2,512,(3,1)),(2,512))", width=0.25),
+        get_arch(DILATED, width=0.25),
+    )
+    for detail in (False, True):
+        a = summarize(plain, input_size=32, channels=1, detail=detail)
+        b = summarize(dilated, input_size=32, channels=1, detail=detail)
+        assert [(r.name, r.output_shape, r.params, r.macs) for r in a] == [
+            (r.name, r.output_shape, r.params, r.macs) for r in b
+        ]
+    rows = {r.name: r for r in summarize(dilated, input_size=32, detail=True)}
+    assert (rows["conv2_2"].dilations, rows["conv2_2"].label) == ((2,), "conv2_2 d2")
+    assert (rows["conv1_1"].label, rows["relu2_2"].dilations, rows["pool2"].label) == ("conv1_1", (), "pool2")
+    blocks = {r.name: r for r in summarize(dilated, input_size=32)}
+    assert [blocks[f"block{b}"].label for b in range(1, 6)] == [
+        "block1",
+        "block2 d1,2",
+        "block3 d2,2",
+        "block4 d2,4",
+        "block5",
+    ]
+    doc = json.loads(to_json(summarize(dilated, input_size=32)))
+    assert [x["dilations"] for x in doc["layers"][:5]] == [[1], [1, 2], [2, 2], [2, 4], [1, 1]]
+
+
+def test_dilated_summary_shapes_equal_the_model(capsys):
+    arch = get_arch(DILATED, width=0.125)
+    model = VGG(arch, num_classes=10, hidden=16)
+    x = jnp.zeros((1, 32, 32, 1))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    names = ["conv2_2", "relu3_1", "conv4_2", "pool5"]
+    got = jax.eval_shape(lambda v: model.apply(v, x, names, method=VGG.features), variables)
+    rows = {r.name: r for r in summarize(arch, input_size=32, detail=True)}
+    assert {n: tuple(a.shape) for n, a in got.items()} == {n: rows[n].output_shape for n in names}
+    assert main(["summary", "--arch", DILATED, "--width", "0.125", "--input-size", "32"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[3].startswith("block2 d1,2 ") and table[6].startswith("block5 ")

@@ -2,7 +2,8 @@
 
 Same module tree as ``torchvision/models/vgg.py``: ``features`` (Conv2d [, BatchNorm2d],
 ReLU per conv; MaxPool2d per block), ``avgpool`` (AdaptiveAvgPool2d(7)), ``classifier``
-(Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear), with torchvision's init.
+(Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear), with torchvision's init. A dilated
+arch's convs get ``Conv2d(dilation=d, padding=d·(k//2))`` (torchvision's VGG has no dilation).
 """
 
 import torch
@@ -17,8 +18,8 @@ class TorchVGG(nn.Module):
         spec = get_arch(arch, width=width)
         feats, c_in = [], channels
         for block in spec.blocks:
-            for k in block.kernels:
-                feats.append(nn.Conv2d(c_in, block.channels, k, padding=k // 2))
+            for k, d in zip(block.kernels, block.dilations, strict=True):
+                feats.append(nn.Conv2d(c_in, block.channels, k, padding=d * (k // 2), dilation=d))
                 if spec.batch_norm:
                     feats.append(nn.BatchNorm2d(block.channels))
                 feats.append(nn.ReLU(inplace=True))

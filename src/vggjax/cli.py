@@ -118,9 +118,9 @@ def _receptive_field_parser(sub) -> None:
         sub,
         "receptive-field",
         commands.receptive_field,
-        "per-layer kernel, stride, receptive field, jump and start",
+        "per-layer kernel, stride, dilation, receptive field, jump and start",
         "Receptive field r, jump j and start of each conv and pool layer of a VGG, in input "
-        "pixels: r_l = r_{l-1} + (k_l-1)*j_{l-1}, j_l = j_{l-1}*s_l.",
+        "pixels: r_l = r_{l-1} + (k_l-1)*d_l*j_{l-1} (d_l: the layer's dilation), j_l = j_{l-1}*s_l.",
     )
     add_flags(p, ("arch", "width"), arch="vgg11", width=1.0)
     p.add_argument("--all", action="store_true", help="also list the BatchNorm, ReLU and LRN layers")

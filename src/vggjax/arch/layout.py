@@ -36,11 +36,14 @@ class Layer:
       kernel: kernel side in pixels (1 for point-wise layers; 0 in the head, which sees
         the whole map).
       stride: stride in pixels (0 in the head).
-      padding: zero padding on each side in pixels.
+      padding: zero padding on each side in pixels: ``dilation · (kernel // 2)`` for a conv.
       channels: output channels; for ``dense`` layers, output features.
       torchvision: the module's name in torchvision's VGG: ``features.N`` (N counts every
         conv, BatchNorm, ReLU and pool), ``avgpool``, ``classifier.N`` (``classifier.0/3/6``
         are fc6/fc7/fc8); None where torchvision has no module (LRN, flatten, global pooling).
+      dilation: pixels between a conv's kernel taps (its ``kernel_dilation``; torch's
+        ``Conv2d(dilation=…)``); 1 for every other layer. The conv then spans
+        ``dilation · (kernel - 1) + 1`` pixels with a kernel of ``kernel × kernel`` weights.
     """
 
     kind: str
@@ -51,6 +54,7 @@ class Layer:
     padding: int
     channels: int
     torchvision: str | None = None
+    dilation: int = 1
 
     @property
     def path(self) -> tuple[str, ...]:
@@ -76,19 +80,20 @@ def block_layers(
       ``list[Layer]``, input to output.
     """
     b = number
-    rows: list[tuple[str, str, int, int, int, int]] = []  # kind, name, block, kernel, stride, padding
-    for i, k in enumerate(block.kernels, 1):
-        rows.append(("conv", f"conv{b}_{i}", b, k, 1, k // 2))
+    rows: list[tuple[str, str, int, int, int]] = []  # kind, name, kernel, padding, dilation
+    for i, (k, d) in enumerate(zip(block.kernels, block.dilations, strict=True), 1):
+        rows.append(("conv", f"conv{b}_{i}", k, d * (k // 2), d))
         if batch_norm:
-            rows.append(("bn", f"bn{b}_{i}", b, 1, 1, 0))
-        rows.append(("relu", f"relu{b}_{i}", b, 1, 1, 0))
+            rows.append(("bn", f"bn{b}_{i}", 1, 0, 1))
+        rows.append(("relu", f"relu{b}_{i}", 1, 0, 1))
         if lrn and i == 1:
-            rows.append(("lrn", "lrn", b, 1, 1, 0))
-    rows.append(("pool", f"pool{b}", b, 2, 2, 0))
+            rows.append(("lrn", "lrn", 1, 0, 1))
     index = itertools.count(start)  # torchvision has no LRN module: LRN takes no index
-    return [
-        Layer(*row, block.channels, None if row[0] == "lrn" else f"features.{next(index)}") for row in rows
+    out = [
+        Layer(kind, name, b, k, 1, p, block.channels, None if kind == "lrn" else f"features.{next(index)}", d)
+        for kind, name, k, p, d in rows
     ]
+    return [*out, Layer("pool", f"pool{b}", b, 2, 2, 0, block.channels, f"features.{next(index)}")]
 
 
 def head_layers(

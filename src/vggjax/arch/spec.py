@@ -2,16 +2,25 @@
 
 A VGG is a sequence of blocks. The plain form of a block is the d2l chapter's
 ``(num_convs, out_channels)`` pair: ``num_convs`` 3×3 convolutions (padding 1, each
-followed by ReLU) and then a 2×2 max-pool with stride 2. The extended form
-``(num_convs, out_channels, kernels)`` gives the kernel size of each conv, either one
-odd int for all of them or a tuple with one odd int per conv; padding is always
-``kernel // 2`` so convolutions keep the spatial size. Configuration C of the VGG
-paper needs it: its blocks 3–5 end in a 1×1 conv, written ``(3, 256, (3, 3, 1))``.
+followed by ReLU) and then a 2×2 max-pool with stride 2. The extended forms
 
-Both forms print and parse as Python literals, e.g. on the command line::
+* ``(num_convs, out_channels, kernels)`` give the kernel size of each conv, either one
+  odd int for all of them or a tuple with one odd int per conv. Configuration C of the
+  VGG paper needs it: its blocks 3–5 end in a 1×1 conv, written ``(3, 256, (3, 3, 1))``.
+* ``(num_convs, out_channels, kernels, dilations)`` also give the dilation of each conv
+  (``kernel_dilation``: taps ``d`` pixels apart), one positive int or one per conv;
+  default 1. ``(3, 64, 3, (1, 2, 3))``: three 3×3 convs that see 3, 7 and 13 pixels.
+
+Padding is always ``dilation · (kernel // 2)``, so convs keep the spatial size (and
+dilation changes no shape). Every form prints and parses as a Python literal::
 
     --arch "((1,16),(1,32),(2,64),(2,128),(2,128))"
     --arch "((1,64),(1,128),(3,256,(3,3,1)),(3,512,(3,3,1)),(3,512,(3,3,1)))"
+    --arch "((2,16),(2,32),(3,64,3,(1,2,3)))"
+
+A block prints in the shortest of these forms that parses back to it. Literal archs
+and widths are bounded far beyond any VGG in use (:mod:`vggjax.arch.bounds`), so that a
+mistyped number is refused in one line instead of exhausting memory.
 
 This module knows nothing of JAX; models, summaries and receptive fields derive from
 the specs defined here (through the layer list of :mod:`vggjax.arch.layout`).
@@ -24,6 +33,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+from vggjax.arch.bounds import LIMITS, MAX_CHANNELS, MAX_CONVS, check_bound
 from vggjax.errors import ArchError
 
 
@@ -35,10 +45,24 @@ class Block:
       channels: output channels of every conv in the block.
       kernels: kernel size (pixels, square, odd) of each conv; its length is the
         number of convs.
+      dilations: dilation of each conv (pixels between kernel taps; 1 is a plain conv),
+        as many as ``kernels``; ``()`` (the default) means 1 for every conv.
+
+    Raises:
+      ArchError: if ``dilations`` is neither empty nor as long as ``kernels``.
     """
 
     channels: int
     kernels: tuple[int, ...]
+    dilations: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        dilations = tuple(self.dilations) or (1,) * len(self.kernels)
+        if len(dilations) != len(self.kernels):
+            n = len(self.kernels)
+            raise ArchError(f"a block of {n} convs needs {n} dilations, got {dilations}")
+        object.__setattr__(self, "kernels", tuple(self.kernels))
+        object.__setattr__(self, "dilations", dilations)
 
     @property
     def num_convs(self) -> int:
@@ -46,12 +70,22 @@ class Block:
         return len(self.kernels)
 
     def to_tuple(self) -> tuple:
-        """The block as a literal: ``(n, c)`` when all kernels are 3, else ``(n, c, k)``."""
+        """The block as the shortest literal that parses back to it.
+
+        ``(n, c)`` when every kernel is 3 and nothing is dilated, ``(n, c, k)`` when
+        nothing is dilated, else ``(n, c, k, d)``; ``k`` and ``d`` are one int when all
+        convs share it, else a tuple with one per conv.
+        """
+        n, c = self.num_convs, self.channels
+        if any(d != 1 for d in self.dilations):
+            return (n, c, _shortest(self.kernels), _shortest(self.dilations))
         if all(k == 3 for k in self.kernels):
-            return (self.num_convs, self.channels)
-        if len(set(self.kernels)) == 1:
-            return (self.num_convs, self.channels, self.kernels[0])
-        return (self.num_convs, self.channels, self.kernels)
+            return (n, c)
+        return (n, c, _shortest(self.kernels))
+
+
+def _shortest(values: tuple[int, ...]) -> int | tuple[int, ...]:
+    return values[0] if len(set(values)) == 1 else values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,33 +152,59 @@ def blocks_from_tuple(spec: Sequence) -> list[Block]:
     """Validates a literal arch (plain or extended form) and returns its blocks.
 
     Args:
-      spec: a sequence of ``(num_convs, channels)`` or ``(num_convs, channels, kernels)``.
+      spec: a sequence of ``(num_convs, channels)``, ``(num_convs, channels, kernels)``
+        or ``(num_convs, channels, kernels, dilations)``.
 
     Raises:
       ArchError: if the spec is empty or a block has a wrong length, a non-integer,
-        zero or negative count, or an even or non-positive kernel size.
+        zero or negative count, an even or non-positive kernel size, a non-positive
+        dilation, a kernels or dilations tuple of the wrong length, or a number over
+        its bound in :mod:`vggjax.arch.bounds`.
     """
     if not isinstance(spec, Sequence) or isinstance(spec, str) or not spec:
         raise ArchError(f"arch must be a non-empty tuple of (num_convs, channels) pairs, got {spec!r}")
-    blocks = []
+    blocks, total = [], 0
     for i, item in enumerate(spec, 1):
-        where = f"block {i} {item!r}"
-        if not isinstance(item, Sequence) or isinstance(item, str) or len(item) not in (2, 3):
-            raise ArchError(f"{where}: expected (num_convs, channels) or (num_convs, channels, kernels)")
-        num_convs, channels = item[0], item[1]
-        for label, value in (("num_convs", num_convs), ("channels", channels)):
-            if not _is_int(value) or value < 1:
-                raise ArchError(f"{where}: {label} must be a positive integer, got {value!r}")
-        kernels = item[2] if len(item) == 3 else 3
-        if _is_int(kernels):
-            kernels = (kernels,) * num_convs
-        if not isinstance(kernels, Sequence) or len(kernels) != num_convs:
-            raise ArchError(f"{where}: kernels must be an int or a tuple of {num_convs} ints")
-        for k in kernels:
-            if not _is_int(k) or k < 1 or k % 2 == 0:
-                raise ArchError(f"{where}: kernel sizes must be odd positive integers, got {k!r}")
-        blocks.append(Block(channels=channels, kernels=tuple(kernels)))
+        blocks.append(_block(item, f"block {i} {item!r}"))
+        total += blocks[-1].num_convs
+        if total > MAX_CONVS:  # checked as it grows: a long literal stops at the first block over
+            check_bound("convs in all", total, f"arch blocks 1-{i}")
     return blocks
+
+
+def _block(item: object, where: str) -> Block:
+    """One block of a literal arch; ``where`` names it in errors (``block 2 (1, 32)``)."""
+    if not isinstance(item, Sequence) or isinstance(item, str) or len(item) not in (2, 3, 4):
+        raise ArchError(
+            f"{where}: expected (num_convs, channels), (num_convs, channels, kernels) "
+            "or (num_convs, channels, kernels, dilations)"
+        )
+    num_convs, channels = item[0], item[1]
+    for label, value in (("num_convs", num_convs), ("channels", channels)):
+        if not _is_int(value) or value < 1:
+            raise ArchError(f"{where}: {label} must be a positive integer, got {value!r}")
+    check_bound("num_convs", num_convs, where)  # before (3,) * num_convs is built
+    check_bound("channels", channels, where)
+    kernels = _per_conv(item[2] if len(item) > 2 else 3, num_convs, where, "kernels")
+    for k in kernels:
+        if not _is_int(k) or k < 1 or k % 2 == 0:
+            raise ArchError(f"{where}: kernel sizes must be odd positive integers, got {k!r}")
+        check_bound("kernel size", k, where)
+    dilations = _per_conv(item[3] if len(item) > 3 else 1, num_convs, where, "dilations")
+    for d in dilations:
+        if not _is_int(d) or d < 1:
+            raise ArchError(f"{where}: dilations must be positive integers (1: no dilation), got {d!r}")
+        check_bound("dilation", d, where)
+    return Block(channels=channels, kernels=kernels, dilations=dilations)
+
+
+def _per_conv(value: object, num_convs: int, where: str, label: str) -> tuple:
+    """``value`` for each of ``num_convs`` convs: one int repeated, or a tuple of that length."""
+    if _is_int(value):
+        return (value,) * num_convs
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != num_convs:
+        raise ArchError(f"{where}: {label} must be an int or a tuple of {num_convs} ints, got {value!r}")
+    return tuple(value)
 
 
 def _is_int(value: object) -> bool:
@@ -175,13 +235,22 @@ def scale_width(blocks: Sequence[Block], width: float) -> tuple[Block, ...]:
     ``scale_width(vgg11, 0.25)`` is the d2l chapter's thin VGG-11 (16/32/64/128/128).
 
     Raises:
-      ArchError: if ``width`` is not a finite positive number.
+      ArchError: if ``width`` is not a finite positive number, or if it takes a block
+        over :data:`MAX_CHANNELS` channels (the message gives the largest width that fits).
     """
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
         raise ArchError(f"width multiplier must be > 0, got {width!r}; 1.0 keeps the paper's channels")
     if math.isinf(width):  # int(inf) below would raise OverflowError
         raise ArchError(f"width multiplier must be finite, got {width!r}; 1.0 keeps the paper's channels")
-    return tuple(dataclasses.replace(b, channels=max(1, int(b.channels * width + 0.5))) for b in blocks)
+    out = tuple(dataclasses.replace(b, channels=max(1, int(b.channels * width + 0.5))) for b in blocks)
+    widest = max(range(len(out)), key=lambda i: out[i].channels, default=None)
+    if widest is not None and out[widest].channels > MAX_CHANNELS:
+        fits = math.floor(MAX_CHANNELS / blocks[widest].channels * 1000) / 1000
+        raise ArchError(
+            f"width multiplier {width:g} gives block {widest + 1} {out[widest].channels:,} channels, "
+            f"over the limit of {MAX_CHANNELS:,} ({LIMITS['channels'][1]}); use a width of at most {fits:g}"
+        )
+    return out
 
 
 def get_arch(spec: str | Sequence | Arch, *, width: float = 1.0, batch_norm: bool | None = None) -> Arch:

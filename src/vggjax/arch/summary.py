@@ -6,7 +6,9 @@ has ``k·k·C_in·C_out + C_out`` parameters and ``H·W·k·k·C_in·C_out`` MAC
 a dense layer ``I → O`` has ``I·O + O`` parameters and ``I·O`` MACs; BatchNorm has
 ``2·C`` parameters (scale, bias; the running statistics are not parameters). Pools,
 ReLU, LRN and dropout count no MACs. Names follow the VGG paper: ``block1`` …,
-``conv1_1`` …, ``pool1`` …, ``fc6``, ``fc7``, ``fc8``.
+``conv1_1`` …, ``pool1`` …, ``fc6``, ``fc7``, ``fc8``. Dilation changes none of these
+(a dilated conv has the same weights, and its padding ``d·(k // 2)`` keeps the map's
+size); the rows of dilated convs and their blocks say their dilation.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class Row:
       output_shape: NHWC or (N, features) output shape, N = ``batch``.
       params: trainable parameters of this layer.
       macs: multiply-accumulates per batch.
+      dilations: the dilation of each conv the row covers: one for a ``conv`` row, one
+        per conv for a ``block`` row, none for other rows.
     """
 
     name: str
@@ -37,6 +41,14 @@ class Row:
     output_shape: tuple[int, ...]
     params: int
     macs: int
+    dilations: tuple[int, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The name, and the dilation when a conv is dilated: ``conv1_2 d2``, ``block1 d1,2,3``."""
+        if all(d == 1 for d in self.dilations):
+            return self.name
+        return f"{self.name} d{','.join(map(str, self.dilations))}"
 
 
 def summarize(
@@ -85,6 +97,7 @@ def summarize(
     rows: list[Row] = []
     c, features = channels, 0  # features: the width of the flattened map and the dense layers
     block_params = block_macs = 0
+    block_dilations: tuple[int, ...] = ()
     every = layers(arch, head=head, pooling=pooling, hidden=hidden, num_classes=num_classes)
     for layer in every:
         params = macs = 0
@@ -92,6 +105,7 @@ def summarize(
             params = layer.kernel**2 * c * layer.channels + layer.channels
             macs = batch * h * w * layer.kernel**2 * c * layer.channels
             c = layer.channels
+            block_dilations += (layer.dilation,)
         elif layer.kind == "bn":
             params = 2 * c
         elif layer.kind == "pool":
@@ -110,11 +124,14 @@ def summarize(
         block_params += params
         block_macs += macs
         if detail:
-            rows.append(Row(layer.name, layer.kind, (batch, h, w, c), params, macs))
+            dilation = (layer.dilation,) if layer.kind == "conv" else ()
+            rows.append(Row(layer.name, layer.kind, (batch, h, w, c), params, macs, dilation))
         elif layer.kind == "pool":
-            rows.append(Row(f"block{layer.block}", "block", (batch, h, w, c), block_params, block_macs))
+            shape = (batch, h, w, c)
+            rows.append(Row(f"block{layer.block}", "block", shape, block_params, block_macs, block_dilations))
         if layer.kind == "pool":
             block_params = block_macs = 0
+            block_dilations = ()
     return rows
 
 
@@ -126,7 +143,8 @@ def totals(rows: list[Row]) -> dict[str, int]:
 def to_json(rows: list[Row]) -> str:
     """The rows as JSON.
 
-    ``{"layers": [{"name", "kind", "output_shape", "params", "macs"}, …], "total_params", "total_macs"}``
+    ``{"layers": [{"name", "kind", "output_shape", "params", "macs", "dilations"}, …], "total_params",
+    "total_macs"}``
     """
     return json.dumps(
         {
@@ -143,7 +161,7 @@ def format_table(rows: list[Row]) -> str:
     lines = [header, "-" * len(header)]
     for r in rows:
         shape = "(" + ", ".join(map(str, r.output_shape)) + ")"
-        lines.append(f"{r.name:<14}{shape:<22}{r.params:>14,}{r.macs:>18,}")
+        lines.append(f"{r.label:<14}{shape:<22}{r.params:>14,}{r.macs:>18,}")
     t = totals(rows)
     lines += ["-" * len(header), f"{'total':<36}{t['total_params']:>14,}{t['total_macs']:>18,}"]
     return "\n".join(lines)

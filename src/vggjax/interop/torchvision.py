@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from vggjax.arch import Arch, get_arch
-from vggjax.errors import CheckpointError
+from vggjax.arch import Arch, get_arch, layers
+from vggjax.errors import ArchError, CheckpointError
 from vggjax.interop.state_dict import (
     HeadShape,
     check_keys_and_shapes,
@@ -102,9 +102,18 @@ def to_torchvision(variables: Mapping[str, Any], arch: str | Arch) -> dict[str, 
 
     Raises:
       CheckpointError: if the variables do not match ``arch`` (a missing layer).
-      ArchError: for an invalid arch or A-LRN.
+      ArchError: for an invalid arch, A-LRN, or an arch with dilated convs: torchvision's
+        VGG has none, so it would load their weights (same shapes) and run them undilated.
     """
     arch = get_arch(arch)
+    dilated = [f"{x.name} ({x.dilation})" for x in layers(arch) if x.dilation != 1]
+    if dilated:
+        more = f" and {len(dilated) - 3} more" if len(dilated) > 3 else ""
+        raise ArchError(
+            f"torchvision's VGG has no dilated convs, but this arch dilates {', '.join(dilated[:3])}{more}: "
+            "torchvision.models.vgg* would load the weights and compute something else; "
+            "export only runs without dilations"
+        )
     params, stats = variables["params"], variables.get("batch_stats", {})
     out: dict[str, np.ndarray] = {}
     for layer in torchvision_layout(arch):

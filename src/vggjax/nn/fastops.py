@@ -20,8 +20,11 @@ XLA:CPU runs well:
 
 They plug into flax.linen through ``nn.Conv(conv_general_dilated=...)`` and
 ``nn.Dense(dot_general=...)`` (:func:`conv_general_dilated`, :func:`dot_general`), so
-parameters, names and initialisers stay those of the plain model. :mod:`vggjax.nn.impl`
-selects them for ``VGG``'s ``impl`` switch.
+parameters, names and initialisers stay those of the plain model. A dilated conv (an
+arch's ``dilations``, ``nn.Conv(kernel_dilation=...)``) is not one of the forms above: it
+falls through to XLA's own ``lax.conv_general_dilated`` and its autodiff gradient, with the
+same parameters, so a dilated arch runs (correctly, at XLA's speed) under ``cpu_fast`` too.
+:mod:`vggjax.nn.impl` selects them for ``VGG``'s ``impl`` switch.
 """
 
 from __future__ import annotations
@@ -193,7 +196,7 @@ def conv_general_dilated(
 
     Runs :func:`conv_same` for the convolutions VGG uses (2-D NHWC/HWIO, stride 1, no
     dilation, one group, symmetric padding k//2, odd square kernel) and hands any
-    other convolution to ``lax.conv_general_dilated`` unchanged.
+    other convolution (a dilated one included) to ``lax.conv_general_dilated`` unchanged.
     """
     k = rhs.shape[0]
     plain = (

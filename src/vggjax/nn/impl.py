@@ -4,8 +4,9 @@ Both give the same parameters and (to float rounding) the same outputs and gradi
 only the speed differs. ``"xla"`` is the reference: Flax's defaults
 (``lax.conv_general_dilated``, ``lax.dot_general``, ``nn.max_pool``). ``"cpu_fast"``
 swaps in :mod:`vggjax.nn.fastops`, matmul-shaped ops with hand-written gradients that
-XLA:CPU runs well. ``"auto"`` picks ``"cpu_fast"`` on a CPU backend and ``"xla"`` on
-GPU/TPU. The choices are :data:`vggjax.config.IMPLS`.
+XLA:CPU runs well (dilated convs fall through to Flax's op there: same result, XLA's
+speed). ``"auto"`` picks ``"cpu_fast"`` on a CPU backend and ``"xla"`` on GPU/TPU.
+The choices are :data:`vggjax.config.IMPLS`.
 """
 
 from __future__ import annotations

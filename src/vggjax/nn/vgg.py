@@ -30,11 +30,13 @@ Stage = tuple[str, Callable[[jax.Array], jax.Array]]
 
 
 class VGGBlock(nn.Module):
-    """``len(kernels)`` × [conv (padding k//2) → optional BatchNorm → ReLU], then 2×2 max-pool.
+    """``len(kernels)`` × [conv (padding d·(k//2)) → optional BatchNorm → ReLU], then 2×2 max-pool.
 
     Attributes:
       channels: output channels of every conv.
       kernels: kernel side of each conv (pixels).
+      dilations: dilation of each conv (``nn.Conv``'s ``kernel_dilation``), as many as
+        ``kernels``; ``()`` (the default) is 1 for every conv.
       batch_norm: insert BatchNorm (momentum 0.9, eps 1e-5: torchvision's numerics).
       lrn: local response normalisation after the first conv's ReLU.
       init_scheme: initialiser scheme, see :func:`vggjax.nn.init.initializers`.
@@ -47,6 +49,7 @@ class VGGBlock(nn.Module):
 
     channels: int
     kernels: tuple[int, ...] = (3,)
+    dilations: tuple[int, ...] = ()
     batch_norm: bool = False
     lrn: bool = False
     init_scheme: str = "he"
@@ -79,13 +82,15 @@ class VGGBlock(nn.Module):
           that layer's output; the pooled map when ``taps`` is None).
         """
         kernel_init, ops = initializers(self.init_scheme)["conv"], layer_ops(self.impl)
-        block = Block(self.channels, tuple(self.kernels))
+        block = Block(self.channels, tuple(self.kernels), tuple(self.dilations))
         stages: list[Stage] = []
         for layer in block_layers(block, self.number, batch_norm=self.batch_norm, lrn=self.lrn):
             if layer.kind == "conv":
                 conv = functools.partial(nn.Conv, kernel_init=kernel_init, dtype=self.dtype, **ops["conv"])
-                k = layer.kernel
-                stage = conv(layer.channels, (k, k), padding=layer.padding, name=layer.path[-1])
+                k, d = layer.kernel, layer.dilation
+                stage = conv(
+                    layer.channels, (k, k), padding=layer.padding, kernel_dilation=(d, d), name=layer.path[-1]
+                )
             elif layer.kind == "bn":
                 bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=layer.path[-1])
                 stage = functools.partial(bn, use_running_average=not train)
@@ -215,6 +220,7 @@ class VGG(nn.Module):
             run_block = VGGBlock(
                 block.channels,
                 block.kernels,
+                block.dilations,
                 batch_norm=self.arch.batch_norm,
                 lrn=self.arch.lrn and b == 1,
                 init_scheme=self.init_scheme,
@@ -278,4 +284,3 @@ def build_model(
       ArchError: for an invalid arch or width (see :func:`vggjax.arch.get_arch`).
     """
     return VGG(get_arch(arch, width=width, batch_norm=batch_norm), **kwargs)
-
