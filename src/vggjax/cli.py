@@ -150,6 +150,7 @@ def _export_parser(sub) -> None:
     )
     p.add_argument("run_dir", help="run folder (from vggjax train or convert-torchvision)")
     p.add_argument("out", help="output file, .pth or .safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def _bench_parser(sub) -> None:
