@@ -24,7 +24,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-from vggjax.errors import ArchError
+from vggjax.errors import ArchError, shorten
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,16 +125,17 @@ def blocks_from_tuple(spec: Sequence) -> list[Block]:
         zero or negative count, or an even or non-positive kernel size.
     """
     if not isinstance(spec, Sequence) or isinstance(spec, str) or not spec:
-        raise ArchError(f"arch must be a non-empty tuple of (num_convs, channels) pairs, got {spec!r}")
+        got = shorten(repr(spec))
+        raise ArchError(f"arch must be a non-empty tuple of (num_convs, channels) pairs, got {got}")
     blocks = []
     for i, item in enumerate(spec, 1):
-        where = f"block {i} {item!r}"
+        where = f"block {i} {shorten(repr(item))}"
         if not isinstance(item, Sequence) or isinstance(item, str) or len(item) not in (2, 3):
             raise ArchError(f"{where}: expected (num_convs, channels) or (num_convs, channels, kernels)")
         num_convs, channels = item[0], item[1]
         for label, value in (("num_convs", num_convs), ("channels", channels)):
             if not _is_int(value) or value < 1:
-                raise ArchError(f"{where}: {label} must be a positive integer, got {value!r}")
+                raise ArchError(f"{where}: {label} must be a positive integer, got {shorten(repr(value))}")
         kernels = item[2] if len(item) == 3 else 3
         if _is_int(kernels):
             kernels = (kernels,) * num_convs
@@ -142,7 +143,8 @@ def blocks_from_tuple(spec: Sequence) -> list[Block]:
             raise ArchError(f"{where}: kernels must be an int or a tuple of {num_convs} ints")
         for k in kernels:
             if not _is_int(k) or k < 1 or k % 2 == 0:
-                raise ArchError(f"{where}: kernel sizes must be odd positive integers, got {k!r}")
+                got = shorten(repr(k))
+                raise ArchError(f"{where}: kernel sizes must be odd positive integers, got {got}")
         blocks.append(Block(channels=channels, kernels=tuple(kernels)))
     return blocks
 
@@ -216,7 +218,7 @@ def _literal(text: str) -> object:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
         raise ArchError(
-            f"cannot parse arch {text!r} ({type(e).__name__}); write it like "
+            f"cannot parse arch {shorten(repr(text))} ({type(e).__name__}); write it like "
             '"((1,16),(1,32),(2,64),(2,128),(2,128))" or use a name such as vgg11'
         ) from None
 
@@ -232,6 +234,6 @@ def _named(name: str) -> Arch:
     if not bn and name.upper() == "A-LRN":
         return Arch(PAPER_CONFIGS["A"], lrn=True, name="A-LRN")
     raise ArchError(
-        f"unknown arch {name!r}; use one of {', '.join(names())} "
+        f"unknown arch {shorten(repr(name))}; use one of {', '.join(names())} "
         'or a literal such as "((1,16),(1,32),(2,64),(2,128),(2,128))"'
     )
