@@ -159,7 +159,9 @@ def already_complete(run_dir: str | Path, config: TrainConfig) -> str | None:
     A run is complete when its newest checkpoint is the end of epoch ``config.epochs`` and
     its final files are written (``weights/``, ``report.html``, a ``metrics.jsonl`` record per
     epoch). A run stopped after its last checkpoint but before those files is not: resuming
-    writes them. Reads only ``metrics.jsonl`` and the checkpoint's JSON ``meta``; writes nothing.
+    writes them. Reads only ``metrics.jsonl`` and the checkpoint's JSON ``meta``, and writes
+    nothing (opening the checkpoints, orbax removes the temporary folder of a save that was
+    killed, as every resume does).
 
     Args:
       run_dir: a resumable run folder (see :meth:`RunDir.check_resumable`).
