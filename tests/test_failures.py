@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -22,15 +23,18 @@ from tiny import TINY_FLAGS, tiny_config
 from vggjax import data
 from vggjax.cli import main
 from vggjax.config import TrainConfig
+from vggjax.errors import first_line, shorten
 from vggjax.interop import hub
 from vggjax.nn.fit import from_config
 from vggjax.run.checkpoint import RunCheckpoints
 from vggjax.run.files import atomic_write_text
 from vggjax.run.folder import RunDir
 from vggjax.run.meta import Position, model_signature
+from vggjax.run.resume import already_complete
 from vggjax.run.weights import save_variables
 from vggjax.training.optim import make_optimizer
 from vggjax.training.steps import create_train_state
+from vggjax.training.train import train_and_evaluate
 
 RUN = tiny_config(arch="vgg11_bn", limit_train=64, limit_test=64, batch_size=16)
 
@@ -81,6 +85,19 @@ def real_test_labels() -> bytes:
     return gzip.decompress((data.DEBIAN_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes())
 
 
+def data_dir_with_100_train_images(tmp_path: Path) -> Path:
+    """The real Fashion-MNIST test split, but a training split of its first 100 images only."""
+    folder = tmp_path / "fmnist100"
+    folder.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (folder / name).symlink_to(data.DEBIAN_DIR / name)
+    for name, header, item in (("images-idx3", (2051, 100, 28, 28), 784), ("labels-idx1", (2049, 100), 1)):
+        real = gzip.decompress((data.DEBIAN_DIR / f"train-{name}-ubyte.gz").read_bytes())
+        head = b"".join(n.to_bytes(4, "big") for n in header)
+        (folder / f"train-{name}-ubyte.gz").write_bytes(gzip.compress(head + real[len(head) :][: 100 * item]))
+    return folder
+
+
 def setup_case(case: str, tmp_path: Path) -> tuple[list[str], Path]:
     """The flags of one bad-input case, and the folder whose content must survive it."""
     out = tmp_path / "out"
@@ -128,6 +145,9 @@ def setup_case(case: str, tmp_path: Path) -> tuple[list[str], Path]:
     }
     if case in idx:
         return [*new, "--data-dir", str(data_dir_with(tmp_path, idx[case]))], out
+    if case == "batch above all the data":  # --limit-train above the 100 training images there are
+        small = ["--data-dir", str(data_dir_with_100_train_images(tmp_path)), "--no-verify-data"]
+        return [*new, *small, "--limit-train", "1000", "--batch-size", "128"], out
     return [*new, *CASES[case][0]], out
 
 
@@ -201,7 +221,28 @@ CASES = {
     "resume no checkpoint": ([], "the run holds no checkpoint"),
     "resume disagrees": ([], "--lr 0.5 disagrees with the run's saved lr = 0.05"),
     "resume and overwrite": ([], "--resume and --overwrite contradict each other"),
+    # issue 13, 12: error text
+    "init-from missing": (["--init-from", "/nonexistent/run"], "/nonexistent/run: no such folder"),
+    "arch literal of 100 kB": (
+        ["--arch", "((1,16)," * 12500],
+        "cannot parse arch '((1,16),((1,16),((1,16),",  # and not the other 99.8 kB (length below)
+    ),
+    "batch above all the data": (
+        [],
+        "--batch-size 128 is larger than the 100 training examples; the data holds no more, so lower "
+        "--batch-size to 100 or less",
+    ),
 }
+
+# What a one-line error must never show: a Python object's repr (orbax's TensorStore
+# "<bound method pybind11_detail_function_record…>"), or a 100 kB echo of the input.
+OBJECT_REPR = re.compile(r"<(bound method |function |built-in |[\w.]+ object at 0x)")
+LONGEST_MESSAGE = 1000  # characters; the longest real message is under 500
+
+
+def assert_clean_message(err: str) -> None:
+    assert not OBJECT_REPR.search(err), err
+    assert len(err) < LONGEST_MESSAGE, f"{len(err)} characters: {err[:300]}…"
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -212,6 +253,7 @@ def test_bad_input_is_one_line_exit_2_and_damages_nothing(case, tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert CASES[case][1] in err, err
+    assert_clean_message(err)
     assert snapshot(keep) == before  # nothing already written is damaged (or created)
 
 
@@ -476,6 +518,160 @@ def train_init_from_unknown_weights_name(tmp_path):
     return argv, tmp_path, "torchvision has no vgg16_bn weights named 'IMAGENET1K_FEATURES'; vgg16_bn's are"
 
 
+def config_only_run(tmp_path: Path) -> Path:
+    """A run folder with its config.json alone: enough for checks made before any weights are read."""
+    return make_run(tmp_path / "run", checkpoint_of=None)
+
+
+@command_case
+def export_onto_an_existing_file(tmp_path):
+    (tmp_path / "mine.safetensors").write_bytes(b"years of work")
+    argv = ["export-torchvision", str(config_only_run(tmp_path)), str(tmp_path / "mine.safetensors")]
+    return argv, tmp_path, f"{tmp_path / 'mine.safetensors'} already exists; pass --overwrite to replace it"
+
+
+@command_case
+def export_to_an_npz_name(tmp_path):
+    argv = ["export-torchvision", str(config_only_run(tmp_path)), str(tmp_path / "weights.npz")]
+    message = (
+        f"{tmp_path / 'weights.npz'} ends in .npz; export-torchvision writes .safetensors or .pth "
+        "(torch.save) files only: name it weights.safetensors or weights.pth"
+    )
+    return argv, tmp_path, message
+
+
+@command_case
+def export_from_a_missing_folder(tmp_path):
+    argv = ["export-torchvision", str(tmp_path / "nope"), str(tmp_path / "out.safetensors")]
+    return argv, tmp_path, f"{tmp_path / 'nope'}: no such folder; give a folder written by vggjax train"
+
+
+@command_case
+def eval_limit_test_zero(tmp_path):
+    argv = ["eval", str(config_only_run(tmp_path)), "--limit-test", "0"]
+    return argv, tmp_path, "--limit-test must be a positive integer, got 0"
+
+
+@command_case
+def eval_batch_size_zero(tmp_path):
+    argv = ["eval", str(config_only_run(tmp_path)), "--batch-size", "0"]
+    return argv, tmp_path, "--batch-size must be a positive integer, got 0"
+
+
+@command_case
+def eval_a_missing_folder(tmp_path):
+    return ["eval", str(tmp_path / "nope")], tmp_path, f"{tmp_path / 'nope'}: no such folder"
+
+
+@command_case
+def predict_with_a_missing_folder(tmp_path):
+    argv = ["predict", str(tmp_path / "nope"), str(tmp_path / "shirt.png")]
+    return argv, tmp_path, f"{tmp_path / 'nope'}: no such folder"
+
+
+@command_case
+def summary_arch_literal_of_100_kB(tmp_path):
+    text = "((1,16)," * 12500
+    return ["summary", "--arch", text], tmp_path, f"cannot parse arch '{text[:199]}… ("
+
+
+@command_case
+def receptive_field_unknown_arch_of_100_kB(tmp_path):
+    name = "vgg" + "1" * 100_000
+    return ["receptive-field", "--arch", name], tmp_path, f"unknown arch '{name[:199]}…; use one of A, B"
+
+
+def test_first_line_gives_the_cause_instead_of_an_object_repr():
+    # orbax wraps TensorStore's error as "… See full TensorStore details: <bound method …>"
+    class Spec:
+        def spec(self):
+            pass
+
+    reason = 'OUT_OF_RANGE: Error reading "params.fc6.kernel/0": byte range [1, 9) not valid'
+    try:
+        try:
+            raise ValueError(reason + "\nmore lines")
+        except ValueError as e:
+            raise Exception(f"Encountered error while reading array index: (0,). See: {Spec().spec}") from e
+    except Exception as e:
+        wrapped = e
+    assert "<bound method" in str(wrapped)
+    assert first_line(wrapped) == reason
+    assert first_line(wrapped, 13) == "OUT_OF_RANGE:…"
+    alone = Exception(f"it failed at {object()} in the end")  # no cause: cut before the repr
+    assert first_line(alone) == "it failed at"
+    assert shorten("x" * 300) == "x" * 200 + "…" and shorten("short") == "short"
+
+
+FINISHED = dataclasses.replace(RUN, epochs=1)
+FINISHED_LINE = (
+    "run {} is already complete (1 of 1 epochs); nothing to do: resume with --epochs 2 or more to train on\n"
+)
+
+
+def timed_snapshot(root: Path) -> dict[str, tuple]:
+    """:func:`snapshot` with each entry's modification time (ns): untouched, not merely rewritten alike."""
+    return {name: (digest, (root / name).stat().st_mtime_ns) for name, digest in snapshot(root).items()}
+
+
+def make_finished_run(run_dir: Path) -> Path:
+    """A run folder as ``vggjax train`` leaves it after its last epoch (no training needed)."""
+    make_run(run_dir, config=FINISHED, checkpoint_of=None)
+    record = {"epoch": 1, "step": 4, "train_loss": 2.3, "val_loss": 2.3, "val_acc": 0.1}
+    (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    state = create_train_state(
+        from_config(FINISHED), make_optimizer(FINISHED, 4), jax.random.key(0), (1, 32, 32, 1)
+    )
+    state = state.replace(step=jnp.asarray(4, jnp.int32))
+    with RunCheckpoints(run_dir / "checkpoints") as ckpts:
+        ckpts.save(
+            state,
+            rng=jax.random.key(1),
+            position=Position(2, 0),
+            model=model_signature(FINISHED),
+            records=[record],
+            val_acc=0.1,
+        )
+    save_variables(run_dir / "weights", {"params": state.params, "batch_stats": state.batch_stats})
+    (run_dir / "report.html").write_text("<html>the report</html>\n")
+    return run_dir
+
+
+def test_resume_of_a_finished_run_says_so_and_touches_nothing(tmp_path, capsys):
+    # used to retrain nothing, exit 0 in silence, and rewrite weights/, report.html and the rest
+    out = make_finished_run(tmp_path / "out")
+    before = timed_snapshot(out)
+    assert main(["train", "--no-progress", "--resume", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert (printed.out, printed.err) == (FINISHED_LINE.format(out), "")
+    assert timed_snapshot(out) == before
+    # a library resume has nothing to do either; it returns the last record
+    record = train_and_evaluate(FINISHED, out, resume=True, log=lambda _: None)
+    assert record == json.loads((out / "metrics.jsonl").read_text())
+    assert timed_snapshot(out) == before
+
+
+def test_resume_of_a_run_stopped_before_its_final_files_is_not_finished(tmp_path):
+    out = make_finished_run(tmp_path / "out")
+    shutil.rmtree(out / "weights")  # stopped after the last checkpoint, before the weights were saved
+    assert already_complete(out, FINISHED) is None  # so resuming writes them
+    longer = dataclasses.replace(FINISHED, epochs=2)  # resume --epochs 2: one more epoch to train
+    assert already_complete(make_finished_run(tmp_path / "again"), longer) is None
+
+
+@pytest.mark.slow
+def test_resume_of_a_trained_finished_run_touches_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = [*TINY_FLAGS, "--limit-train", "64", "--limit-test", "64", "--epochs", "1", "--batch-size", "16"]
+    assert main(["train", "--no-progress", *flags, "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = timed_snapshot(out)
+    assert main(["train", "--no-progress", "--resume", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert (printed.out, printed.err) == (FINISHED_LINE.format(out), "")
+    assert timed_snapshot(out) == before
+
+
 @pytest.mark.parametrize("case", list(COMMAND_CASES))
 def test_bad_command_input_is_one_line_exit_2_and_damages_nothing(case, tmp_path, capsys):
     argv, keep, message = COMMAND_CASES[case](tmp_path)
@@ -484,4 +680,5 @@ def test_bad_command_input_is_one_line_exit_2_and_damages_nothing(case, tmp_path
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err, err
+    assert_clean_message(err)
     assert snapshot(keep) == before

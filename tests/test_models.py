@@ -5,7 +5,7 @@ import pytest
 from tiny import tiny_arch, tiny_model
 
 from vggjax.arch import get_arch
-from vggjax.errors import ArchError
+from vggjax.errors import ArchError, ConfigError
 from vggjax.nn.vgg import VGG, adaptive_avg_pool, build_model
 
 
@@ -108,6 +108,41 @@ def test_dropout_only_in_training_and_fresh_per_key():
     t1 = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
     t2 = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
     assert not np.allclose(t1, t2)
+
+
+@pytest.mark.parametrize(
+    "given, missing",
+    [
+        ({}, 'rngs={"dropout": key}, mutable=["batch_stats"]'),
+        ({"rngs": {"dropout": jax.random.key(1)}}, 'mutable=["batch_stats"]'),
+        ({"mutable": ["batch_stats"]}, 'rngs={"dropout": key}'),
+    ],
+)
+def test_training_apply_without_rngs_or_mutable_names_both_in_one_error(given, missing):
+    # issue 13, defect 9: Flax's own errors came one at a time and named neither argument
+    model = tiny_model("vgg11_bn")
+    x = jnp.zeros((2, 32, 32, 1))
+    variables = model.init(jax.random.key(0), x)
+    needs = 'train=True on this VGG needs rngs={"dropout": key} and mutable=["batch_stats"] in model.apply'
+    with pytest.raises(ConfigError) as caught:
+        model.apply(variables, x, train=True, **given)
+    assert str(caught.value) == f"{needs} (missing: {missing}); pass train=False to evaluate"
+    assert isinstance(caught.value, ValueError)  # what a caller of apply with bad arguments catches
+    logits, updates = model.apply(
+        variables, x, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"]
+    )
+    assert logits.shape == (2, 10) and set(updates) == {"batch_stats"}
+    with pytest.raises(ConfigError, match=r'needs rngs=\{"dropout": key\} in model.apply \(missing'):
+        tiny_model().apply(model.init(jax.random.key(0), x), x, train=True)  # no BatchNorm: rngs only
+
+
+def test_dropout_layers_are_named_as_the_summary_names_them():
+    model = tiny_model()
+    x = jnp.zeros((1, 32, 32, 1))
+    variables = model.init(jax.random.key(0), x)
+    _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    head = [name for name in state["intermediates"] if not name.startswith("block")]
+    assert head == ["fc6", "dropout6", "fc7", "dropout7", "fc8", "__call__"]
 
 
 def test_init_schemes_differ_and_unknown_is_clear():

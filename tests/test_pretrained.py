@@ -171,3 +171,29 @@ def test_export_to_an_unwritable_path_is_one_line_exit_2(small, tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
     assert [p.name for p in (tmp_path / "folder").iterdir()] == ["kept.txt"]
     assert (tmp_path / "folder" / "kept.txt").read_text() == "mine"
+
+
+def test_export_refuses_an_existing_file_unless_overwrite(small, tmp_path, capsys):
+    # issue 13, defect 7: it used to replace the file without a word
+    _, root = small
+    out = tmp_path / "mine.safetensors"
+    out.write_bytes(b"years of work")
+    assert main(["export-torchvision", str(root / "run"), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {out} already exists; pass --overwrite to replace it, or choose another name\n"
+    assert out.read_bytes() == b"years of work"
+    assert main(["export-torchvision", str(root / "run"), str(out), "--overwrite"]) == 0
+    state = read_state_dict(out)  # the run's weights, as the test above checks in PyTorch
+    assert "features.1.running_mean" in state and "classifier.6.weight" in state
+    assert capsys.readouterr().out == f"wrote {len(state)} tensors to {out}\n"
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temp file left beside it
+
+
+@pytest.mark.parametrize("name", ["back.npz", "back.pt", "back"])
+def test_export_writes_only_pth_and_safetensors_names(small, tmp_path, name):
+    # a .npz name used to get a torch.save zip
+    _, root = small
+    only = r"\.safetensors or \.pth \(torch\.save\) files only: name it back\.safetensors or back\.pth$"
+    with pytest.raises(ConfigError, match=only):
+        pretrained.export_torchvision(root / "run", tmp_path / name)
+    assert list(tmp_path.iterdir()) == []

@@ -159,6 +159,7 @@ def _export_parser(sub) -> None:
     )
     p.add_argument("run_dir", help="run folder (from vggjax train or convert-torchvision)")
     p.add_argument("out", help="output file, .pth or .safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def _weights_parser(sub) -> None:

@@ -25,7 +25,7 @@ def _print(args: argparse.Namespace, result: Any, text: str) -> None:
 
 def train(args: argparse.Namespace) -> int:
     from vggjax.config import TrainConfig
-    from vggjax.run.resume import train_config
+    from vggjax.run.resume import already_complete, train_config
     from vggjax.training import parallel
     from vggjax.training.train import describe, train_and_evaluate
 
@@ -50,6 +50,10 @@ def train(args: argparse.Namespace) -> int:
         _out(note)
     parallel.initialize(spec)  # before anything touches a device
     main = parallel.is_main_process()
+    if args.resume and (done := already_complete(out, config)):  # exit 0: the run is as asked
+        if main:
+            _out(done)
+        return 0
     if main:
         preset = f"preset {args.preset or 'default'}"
         start = f"resuming {out} with its saved config" if args.resume else preset
@@ -171,7 +175,8 @@ def weights_get(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     from vggjax.interop.pretrained import export_torchvision
 
-    _out(f"wrote {len(export_torchvision(args.run_dir, args.out))} tensors to {args.out}")
+    state = export_torchvision(args.run_dir, args.out, overwrite=args.overwrite)
+    _out(f"wrote {len(state)} tensors to {args.out}")
     return 0
 
 

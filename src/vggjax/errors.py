@@ -21,6 +21,7 @@ Exit statuses of ``vggjax``:
 
 from __future__ import annotations
 
+import re
 import signal
 
 EX_IOERR = 74  # sysexits.h: an input/output error (here: standard output cannot be written)
@@ -94,13 +95,36 @@ def check_positive_int(value: object, flag: str, error: type[VggjaxError] = Conf
     return value
 
 
-def first_line(e: BaseException, limit: int | None = None) -> str:
-    """The first line of an exception's message (at most ``limit`` characters), or its type name.
+def shorten(text: str, limit: int = 200) -> str:
+    """``text`` itself if it has at most ``limit`` characters, else its first ``limit`` and ``…``.
 
-    For wrapping a library's multi-line error into one of vggjax's one-line messages.
+    For echoing user input (an arch literal of 100 kB) or a library's message in a one-line
+    error, e.g. ``shorten("abcdefgh", 5) == "abcde…"``.
+    """
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+# The start of a Python object's repr: <bound method …>, <function f at 0x…>, <Foo object at 0x…>
+_OBJECT_REPR = re.compile(r"<(?:bound method |built-in |function |method |[\w.]+ object at 0x)")
+
+
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (at most ``limit`` characters, see :func:`shorten`).
+
+    For wrapping a library's multi-line error into one of vggjax's one-line messages. A
+    message that shows a Python object's repr (orbax's "See full TensorStore details:
+    <bound method …>") is replaced by that of the exception it was raised from (``raise …
+    from``), which says what failed; without one, the line is cut before the repr. An
+    empty message gives the exception's type name.
     """
     text = str(e).strip()
-    return text.splitlines()[0][:limit] if text else type(e).__name__
+    line = text.splitlines()[0] if text else type(e).__name__
+    found = _OBJECT_REPR.search(line)
+    if found and e.__cause__ is not None:
+        return first_line(e.__cause__, limit)
+    if found:
+        line = line[: found.start()].rstrip(" :") or type(e).__name__
+    return line if limit is None else shorten(line, limit)
 
 
 class StdoutError(VggjaxError):

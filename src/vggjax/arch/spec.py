@@ -34,7 +34,7 @@ import math
 from collections.abc import Sequence
 
 from vggjax.arch.bounds import LIMITS, MAX_CHANNELS, MAX_CONVS, check_bound
-from vggjax.errors import ArchError
+from vggjax.errors import ArchError, shorten
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,10 +162,11 @@ def blocks_from_tuple(spec: Sequence) -> list[Block]:
         its bound in :mod:`vggjax.arch.bounds`.
     """
     if not isinstance(spec, Sequence) or isinstance(spec, str) or not spec:
-        raise ArchError(f"arch must be a non-empty tuple of (num_convs, channels) pairs, got {spec!r}")
+        got = shorten(repr(spec))
+        raise ArchError(f"arch must be a non-empty tuple of (num_convs, channels) pairs, got {got}")
     blocks, total = [], 0
     for i, item in enumerate(spec, 1):
-        blocks.append(_block(item, f"block {i} {item!r}"))
+        blocks.append(_block(item, f"block {i} {shorten(repr(item))}"))
         total += blocks[-1].num_convs
         if total > MAX_CONVS:  # checked as it grows: a long literal stops at the first block over
             check_bound("convs in all", total, f"arch blocks 1-{i}")
@@ -182,18 +183,19 @@ def _block(item: object, where: str) -> Block:
     num_convs, channels = item[0], item[1]
     for label, value in (("num_convs", num_convs), ("channels", channels)):
         if not _is_int(value) or value < 1:
-            raise ArchError(f"{where}: {label} must be a positive integer, got {value!r}")
+            raise ArchError(f"{where}: {label} must be a positive integer, got {shorten(repr(value))}")
     check_bound("num_convs", num_convs, where)  # before (3,) * num_convs is built
     check_bound("channels", channels, where)
     kernels = _per_conv(item[2] if len(item) > 2 else 3, num_convs, where, "kernels")
     for k in kernels:
         if not _is_int(k) or k < 1 or k % 2 == 0:
-            raise ArchError(f"{where}: kernel sizes must be odd positive integers, got {k!r}")
+            raise ArchError(f"{where}: kernel sizes must be odd positive integers, got {shorten(repr(k))}")
         check_bound("kernel size", k, where)
     dilations = _per_conv(item[3] if len(item) > 3 else 1, num_convs, where, "dilations")
     for d in dilations:
         if not _is_int(d) or d < 1:
-            raise ArchError(f"{where}: dilations must be positive integers (1: no dilation), got {d!r}")
+            got = shorten(repr(d))
+            raise ArchError(f"{where}: dilations must be positive integers (1: no dilation), got {got}")
         check_bound("dilation", d, where)
     return Block(channels=channels, kernels=kernels, dilations=dilations)
 
@@ -203,7 +205,8 @@ def _per_conv(value: object, num_convs: int, where: str, label: str) -> tuple:
     if _is_int(value):
         return (value,) * num_convs
     if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != num_convs:
-        raise ArchError(f"{where}: {label} must be an int or a tuple of {num_convs} ints, got {value!r}")
+        got = shorten(repr(value))
+        raise ArchError(f"{where}: {label} must be an int or a tuple of {num_convs} ints, got {got}")
     return tuple(value)
 
 
@@ -285,7 +288,7 @@ def _literal(text: str) -> object:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
         raise ArchError(
-            f"cannot parse arch {text!r} ({type(e).__name__}); write it like "
+            f"cannot parse arch {shorten(repr(text))} ({type(e).__name__}); write it like "
             '"((1,16),(1,32),(2,64),(2,128),(2,128))" or use a name such as vgg11'
         ) from None
 
@@ -301,6 +304,6 @@ def _named(name: str) -> Arch:
     if not bn and name.upper() == "A-LRN":
         return Arch(PAPER_CONFIGS["A"], lrn=True, name="A-LRN")
     raise ArchError(
-        f"unknown arch {name!r}; use one of {', '.join(names())} "
+        f"unknown arch {shorten(repr(name))}; use one of {', '.join(names())} "
         'or a literal such as "((1,16),(1,32),(2,64),(2,128),(2,128))"'
     )

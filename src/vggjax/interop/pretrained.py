@@ -112,8 +112,19 @@ def read_torchvision(
     return config, variables
 
 
-def export_torchvision(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
+EXPORT_SUFFIXES = (".safetensors", ".pth")  # what export_torchvision writes
+
+
+def export_torchvision(run_dir: str | Path, path: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Writes a run's weights as a torchvision VGG state_dict (``.pth`` or ``.safetensors``).
+
+    The file is written atomically (a temp file beside it, then renamed), so a failed or
+    refused export leaves an existing file as it was.
+
+    Args:
+      run_dir: a run folder (from ``vggjax train`` or ``vggjax convert-torchvision``).
+      path: the output file: ``.safetensors`` (no torch needed) or ``.pth`` (``torch.save``).
+      overwrite: replace an existing ``path``.
 
     Returns:
       The exported ``{key: array}``.
@@ -122,13 +133,22 @@ def export_torchvision(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
       CheckpointError: if ``run_dir`` is not a run folder, its weights do not fit its config
         (see :meth:`~vggjax.run.folder.RunDir.load`), or a ``.pth`` is asked for without torch
         installed.
-      ConfigError: if ``path`` is a folder or cannot be written.
+      ConfigError: if ``path`` is a folder, ends in neither ``.safetensors`` nor ``.pth``,
+        exists and ``overwrite`` is False, or cannot be written; checked before the run is read.
     """
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path} is a folder; give a file name ending in .safetensors or .pth")
+    if path.suffix not in EXPORT_SUFFIXES:
+        ends = f"ends in {path.suffix}" if path.suffix else "has no suffix"
+        raise ConfigError(
+            f"{path} {ends}; export-torchvision writes .safetensors or .pth (torch.save) files only: "
+            f"name it {path.stem}.safetensors or {path.stem}.pth"
+        )
     if not path.parent.is_dir():
         raise ConfigError(f"cannot write {path}: no folder {path.parent}; create it or choose another path")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path} already exists; pass --overwrite to replace it, or choose another name")
     run = RunDir(run_dir).load()
     state = interop.to_torchvision(run.variables, run.config.resolved_arch())
     try:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vggjax.arch import ADAPTIVE_SIDE, Arch, Block, Layer, block_layers, feature_names, get_arch, head_layers
-from vggjax.errors import ArchError
+from vggjax.errors import ArchError, ConfigError
 from vggjax.nn.impl import layer_ops
 from vggjax.nn.init import initializers
 from vggjax.nn.ops import adaptive_avg_pool, local_response_norm
@@ -142,14 +142,17 @@ class VGG(nn.Module):
 
     ``model.apply(variables, x, train=...)`` with ``x`` of ``float32[N, H, W, C]`` in
     [0, 1] (or normalised, for ImageNet weights) returns logits ``float32[N, num_classes]``.
-    With ``train=True`` it needs ``rngs={"dropout": key}`` and, for BatchNorm archs,
-    ``mutable=["batch_stats"]``. ``model.apply(variables, x, layers, method=VGG.features)``
+    With ``train=True`` it needs ``rngs={"dropout": key}`` (for ``dropout6`` and
+    ``dropout7``) and, for BatchNorm archs, ``mutable=["batch_stats"]`` (it then returns
+    ``(logits, {"batch_stats": ...})``). ``model.apply(variables, x, layers, method=VGG.features)``
     returns named activations instead (see :meth:`features`).
 
     Raises:
       ArchError: when ``arch`` is not an Arch, when the input is smaller than
         ``2**len(blocks)`` pixels on a side, when a flatten head is fed a different size
         from the one it was built for, or for an unknown head, pooling, init scheme or impl.
+      ConfigError: (a ``ValueError``) with ``train=True`` but without the ``rngs`` or
+        ``mutable`` above, one message naming all that this model needs, before any layer runs.
     """
 
     arch: Arch
@@ -214,6 +217,8 @@ class VGG(nn.Module):
         sizes = {"pooling": self.pooling, "hidden": self.hidden, "num_classes": self.num_classes}
         head = head_layers(self.arch, head=self.head, **sizes)
         self.arch.check_input(x.shape)
+        if train:
+            self._check_train_args(head, taps)
         x = x.astype(self.dtype)
         found: dict[str, jax.Array] = {}
         for b, block in enumerate(self.arch.blocks, 1):
@@ -242,6 +247,22 @@ class VGG(nn.Module):
             return found | got
         return x.astype(jnp.float32) if self.head is not None else x
 
+    def _check_train_args(self, head: list[Layer], taps: set[str] | None) -> None:
+        """One ConfigError naming what ``train=True`` needs (``rngs``, ``mutable``) if any is not given."""
+        drop = next((i for i, layer in enumerate(head) if layer.kind == "dropout"), None)
+        later = set() if drop is None else {layer.name for layer in head[drop + 1 :]}  # after dropout6
+        needs = {}  # what train=True needs here -> given?
+        if self.dropout_rate > 0 and later and (taps is None or taps & later):
+            needs['rngs={"dropout": key}'] = self.has_rng("dropout")
+        if self.arch.batch_norm:
+            needs['mutable=["batch_stats"]'] = self.is_mutable_collection("batch_stats")
+        if not all(needs.values()):
+            missing = ", ".join(k for k, given in needs.items() if not given)
+            raise ConfigError(
+                f"train=True on this VGG needs {' and '.join(needs)} in model.apply (missing: {missing}); "
+                "pass train=False to evaluate"
+            )
+
     def _head_stage(self, layer: Layer, head: list[Layer], train: bool) -> Callable[[jax.Array], jax.Array]:
         """The callable of one head layer; fc8 (the last) gets the logits initialiser."""
         if layer.kind == "dense":
@@ -249,7 +270,7 @@ class VGG(nn.Module):
             dense = functools.partial(nn.Dense, dtype=self.dtype, **layer_ops(self.impl)["dense"])
             return dense(layer.channels, kernel_init=init, name=layer.name)
         if layer.kind == "dropout":
-            return nn.Dropout(self.dropout_rate, deterministic=not train)
+            return nn.Dropout(self.dropout_rate, deterministic=not train, name=layer.name)
         if layer.kind == "flatten":
             first = next(x.name for x in head if x.kind == "dense")
             return functools.partial(self._flatten, first=first)

@@ -237,6 +237,17 @@ class RunCheckpoints:
             records=meta["records"],
         )
 
+    def meta(self, step: int | None = None) -> dict[str, Any] | None:
+        """The newest (or ``step``'s) checkpoint's ``meta`` item alone; None if there is no checkpoint.
+
+        Raises:
+          CheckpointError: if that item is truncated or unreadable.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        return self._restore_item(self.directory / str(step), meta=ocp.args.JsonRestore())["meta"]
+
     def read(self, step: int | None = None) -> dict[str, Any]:
         """A checkpoint as saved, without a target: ``{"state": {...}, "meta": {...}}``.
 

@@ -119,8 +119,14 @@ class RunDir:
         """Reads and validates ``config.json``; the weights are not touched.
 
         Raises:
-          CheckpointError: if the folder has no ``config.json`` or it is not a usable config.
+          CheckpointError: if the folder does not exist, has no ``config.json``, or it is not a
+            usable config.
         """
+        if not self.path.exists():
+            raise CheckpointError(
+                f"{self.path}: no such folder; give a folder written by vggjax train or vggjax "
+                "convert-torchvision"
+            )
         if not self.config_file.is_file():
             raise CheckpointError(
                 f"{self.path} is not a vggjax run folder (no {self.CONFIG}); give a folder written by "

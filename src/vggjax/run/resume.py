@@ -4,6 +4,7 @@ resumed run's saved config.
 :func:`train_config` is the whole of that merge, so the command line only parses flags and
 calls it. Like :class:`~vggjax.run.folder.RunDir`'s checks it writes nothing, and it reads an
 ``--init-from`` run's ``config.json`` only (its weights are read once, by training).
+:func:`already_complete` tells a resume that has nothing left to do.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from vggjax.config import TrainConfig, flag_name, get_preset
-from vggjax.errors import ConfigError
+from vggjax.errors import ConfigError, shorten
 from vggjax.interop import hub
+from vggjax.run.files import read_jsonl
 from vggjax.run.folder import RunDir
+from vggjax.run.meta import Position
 
 # Settings that may change when a run is resumed: they do not change the trajectory
 # so far. A longer --epochs trains on; the cosine schedule (or warm-up) is then
@@ -45,8 +48,8 @@ def check_same_model(config: TrainConfig, source: TrainConfig) -> None:
         if mine != theirs:
             flag = name.replace("_", "-")
             raise ConfigError(
-                f"--{flag} {mine!r} differs from the --init-from run's {theirs!r}; drop --{flag} "
-                "(the network comes from the weights)"
+                f"--{flag} {shorten(repr(mine))} differs from the --init-from run's {theirs!r}; "
+                f"drop --{flag} (the network comes from the weights)"
             )
 
 
@@ -138,8 +141,9 @@ def resume_config(
         if name in CHANGEABLE_ON_RESUME or value == getattr(saved, name):
             continue
         raise ConfigError(
-            f"--{flag_name(name)} {value!r} disagrees with the run's saved {name} = {getattr(saved, name)!r} "
-            f"({run.config_file}); drop the flag to resume, or start a new run with another --out"
+            f"--{flag_name(name)} {shorten(repr(value))} disagrees with the run's saved {name} = "
+            f"{getattr(saved, name)!r} ({run.config_file}); drop the flag to resume, or start a new run "
+            "with another --out"
         )
     changes = {name: overrides[name] for name in CHANGEABLE_ON_RESUME if name in overrides}
     config = dataclasses.replace(saved, **changes).validate()
@@ -150,3 +154,40 @@ def resume_config(
             "schedule and warm-up for the new length from here on"
         )
     return config, notes
+
+
+def already_complete(run_dir: str | Path, config: TrainConfig) -> str | None:
+    """The line to print if resuming ``run_dir`` under ``config`` has nothing to do, else None.
+
+    A run is complete when its newest checkpoint is the end of epoch ``config.epochs`` and
+    its final files are written (``weights/``, ``report.html``, a ``metrics.jsonl`` record per
+    epoch). A run stopped after its last checkpoint but before those files is not: resuming
+    writes them. Reads only ``metrics.jsonl`` and the checkpoint's JSON ``meta``, and writes
+    nothing (opening the checkpoints, orbax removes the temporary folder of a save that was
+    killed, as every resume does).
+
+    Args:
+      run_dir: a resumable run folder (see :meth:`RunDir.check_resumable`).
+      config: the config it is resumed with (:func:`resume_config`), ``epochs`` maybe raised.
+
+    Raises:
+      CheckpointError: if the newest checkpoint's ``meta`` is unreadable.
+    """
+    from vggjax.run.checkpoint import RunCheckpoints  # orbax: only when resuming
+
+    run, epochs = RunDir(run_dir), config.epochs
+    if not (run.weights_dir.is_dir() and run.report_file.is_file()):
+        return None
+    try:
+        if len(read_jsonl(run.metrics_file)) != epochs:
+            return None
+    except (OSError, ValueError):  # unreadable: resuming rewrites it from the checkpoint
+        return None
+    with RunCheckpoints(run.checkpoints_dir, keep=config.keep) as ckpts:
+        meta = ckpts.meta()
+    if not isinstance(meta, dict) or meta.get("position") != dataclasses.asdict(Position(epochs + 1, 0)):
+        return None
+    return (
+        f"run {run_dir} is already complete ({epochs} of {epochs} epochs); nothing to do: resume with "
+        f"--epochs {epochs + 1} or more to train on"
+    )

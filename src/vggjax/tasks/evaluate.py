@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vggjax import data
-from vggjax.errors import ConfigError
+from vggjax.errors import ConfigError, check_positive_int
 from vggjax.run.files import atomic_write_text
 from vggjax.run.folder import RunDir
 from vggjax.run.plots import plot_confusion, plot_mistakes
@@ -99,11 +99,15 @@ def evaluate_run(
       :func:`classification_report` plus ``"run"`` and ``"weights"`` (the paths used).
 
     Raises:
-      CheckpointError: for a folder that is not a run or weights that do not fit it.
-      DataError: when the test split cannot be found, downloaded or read, is not the official one
-        (``verify_data``), or ``limit_test`` < 1.
-      ConfigError: for ``batch_size`` < 1 or ``num_mistakes`` < 0.
+      CheckpointError: for a folder that does not exist or is not a run, or weights that do not fit it.
+      DataError: when the test split cannot be found, downloaded or read, or is not the official one
+        (``verify_data``).
+      ConfigError: for ``limit_test`` or ``batch_size`` < 1 or ``num_mistakes`` < 0, naming the flag;
+        checked before anything is read.
     """
+    if limit_test is not None:
+        check_positive_int(limit_test, "--limit-test")
+    check_positive_int(batch_size, "--batch-size")
     if num_mistakes < 0:
         raise ConfigError(f"--mistakes must be >= 0, got {num_mistakes}")
     folder = RunDir(run_dir)

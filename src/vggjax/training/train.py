@@ -29,12 +29,12 @@ from vggjax.nn.fit import from_config
 from vggjax.nn.vgg import VGG
 from vggjax.run import weights
 from vggjax.run.checkpoint import RunCheckpoints
-from vggjax.run.files import write_jsonl
+from vggjax.run.files import read_jsonl, write_jsonl
 from vggjax.run.folder import RunDir
 from vggjax.run.meta import Position, model_signature
 from vggjax.run.metrics import MetricsWriter
 from vggjax.run.report import write_report
-from vggjax.run.resume import check_same_model
+from vggjax.run.resume import already_complete, check_same_model
 from vggjax.training import parallel
 from vggjax.training.loop import Trainer, evaluate, warn_if_stuck
 from vggjax.training.optim import make_optimizer, make_schedule
@@ -115,7 +115,8 @@ def train_and_evaluate(
     ``config.checkpoint_every`` steps. With ``resume``, training continues from the
     newest checkpoint: params, BatchNorm statistics, optimizer state, step, dropout key
     and data-order position are restored, so on CPU the result is bitwise that of an
-    uninterrupted run. Everything is checked before anything is written.
+    uninterrupted run; resuming a complete run logs so and writes nothing
+    (:func:`vggjax.run.resume.already_complete`). Everything is checked before anything is written.
 
     Args:
       config: the run's settings; validated first. When resuming, the run's saved
@@ -162,6 +163,9 @@ def train_and_evaluate(
     progress, log = progress and main, log if main else (lambda s: None)
     if resume:
         run.check_resumable()
+        if done := already_complete(run_dir, config):
+            log(done)
+            return read_jsonl(run.metrics_file)[-1]
     else:
         run.check_new(overwrite=overwrite)
     with warnings.catch_warnings(record=True) as caught:  # e.g. unverified data with odd class counts
@@ -177,10 +181,12 @@ def train_and_evaluate(
         log(f"warning: {w.message}")
     n_train = len(train_ds["label"])
     if n_train < config.batch_size:
-        raise ConfigError(
-            f"--batch-size {config.batch_size} is larger than the {n_train} training examples; "
-            "lower --batch-size or raise --limit-train"
-        )
+        if config.limit_train is not None and config.limit_train <= n_train:  # the limit binds
+            fix = "lower --batch-size or raise --limit-train"
+        else:  # every training example is in already
+            fix = f"the data holds no more, so lower --batch-size to {n_train} or less"
+        too_big = f"--batch-size {config.batch_size} is larger than the {n_train} training examples"
+        raise ConfigError(f"{too_big}; {fix}")
     channels = train_ds["image"].shape[-1]
     if channels != config.channels:
         raise ConfigError(
