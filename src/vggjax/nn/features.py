@@ -1,4 +1,4 @@
-"""Named intermediate activations of a VGG, and the Gram matrix of style losses.
+"""Named intermediate activations of a VGG (and ``gram_matrix``, from :mod:`vggjax.perceptual.style`).
 
 The names are the VGG paper's and the perceptual-loss literature's: Johnson et al.
 (2016) tap ``relu2_2`` for content and ``relu1_2``, ``relu2_2``, ``relu3_3``,
@@ -25,11 +25,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from vggjax.arch import feature_names
-from vggjax.errors import ArchError
 from vggjax.nn.vgg import VGG
+from vggjax.perceptual.style import gram_matrix  # style losses live there, with every normalisation
 
 __all__ = ["feature_names", "features", "gram_matrix"]
 
@@ -61,26 +60,3 @@ def features(
     """
     names = layers if isinstance(layers, str) else tuple(layers)  # a str is refused by VGG.features
     return model.apply(variables, x, names, method=VGG.features)
-
-
-def gram_matrix(x: jax.Array) -> jax.Array:
-    """Channel-by-channel Gram matrix of a feature map, averaged over positions.
-
-    ``G[n, c, d] = Σ_{h, w} x[n, h, w, c] · x[n, h, w, d] / (H · W)``, computed in
-    float32. Gatys et al. (2016) use the plain sum; Johnson et al. (2016) divide by
-    ``C · H · W``: divide this by ``C`` for theirs. Averaging over positions keeps style
-    losses comparable across image sizes.
-
-    Args:
-      x: ``[N, H, W, C]`` activations (e.g. ``features(…)["relu3_3"]``).
-
-    Returns:
-      ``float32[N, C, C]``, symmetric.
-
-    Raises:
-      ArchError: if ``x`` is not a 4-D NHWC map.
-    """
-    if x.ndim != 4:
-        raise ArchError(f"gram_matrix needs an NHWC map [N, H, W, C], got shape {tuple(x.shape)}")
-    x = x.astype(jnp.float32)
-    return jnp.einsum("nhwc,nhwd->ncd", x, x) / (x.shape[1] * x.shape[2])
