@@ -17,6 +17,7 @@ and lpips import as usual.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,11 @@ def reference(trunk: Path, *, version: str = "0.1", lin: bool = True, spatial: b
     ``features.N.*`` is loaded into whichever slice holds ``N``, strictly.
     """
     lpips = import_lpips()
-    model = lpips.LPIPS(net="vgg", version=version, lpips=lin, spatial=spatial, pnet_rand=True, verbose=False)
+    with warnings.catch_warnings():  # lpips 0.1.4 calls vgg16(pretrained=...), deprecated in torchvision
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(
+            net="vgg", version=version, lpips=lin, spatial=spatial, pnet_rand=True, verbose=False
+        )
     state = torch.load(trunk, weights_only=True)
     target = {}
     for name, _ in model.net.named_parameters():  # slice{s}.{N}.weight
