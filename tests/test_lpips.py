@@ -4,6 +4,10 @@ The reference and vggjax read the same random torchvision VGG-16 file (see
 ``lpips_reference.py``); the lin weights are the package's own files.
 """
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -160,3 +164,33 @@ def test_too_small_or_mismatched_images_are_refused(trunk):
         metric(jnp.zeros((1, 16, 40, 3)), jnp.zeros((1, 16, 40, 3)))
     with pytest.raises(ArchError, match=r"one shape, got \(1, 32, 32, 3\) and \(1, 32, 33, 3\)"):
         metric(jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 32, 33, 3)))
+
+
+SHARDED = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from vggjax.perceptual import LPIPS
+from vggjax.perceptual.weights import read_lin, trunk_shapes, trunk_variables
+
+assert jax.device_count() == 2
+rng = np.random.default_rng(0)
+state = {k: (rng.standard_normal(s) * 0.05).astype(np.float32) for k, s in trunk_shapes().items()}
+metric = LPIPS(trunk_variables(state), tuple(jnp.asarray(w) for w in read_lin(None, "0.1")))
+x, y = (rng.random((4, 32, 32, 3), dtype=np.float32) for _ in range(2))
+one = np.asarray(metric(jnp.asarray(x), jnp.asarray(y)).distance)
+batch = NamedSharding(Mesh(np.array(jax.devices()), ("batch",)), P("batch"))
+xs, ys = jax.device_put(x, batch), jax.device_put(y, batch)
+out = jax.jit(lambda m, a, b: m(a, b, spatial=True))(metric, xs, ys)
+assert out.distance.sharding.is_equivalent_to(batch, 1), out.distance.sharding
+assert len(out.map.addressable_shards) == 2
+np.testing.assert_allclose(np.asarray(out.distance), one, rtol=1e-5)
+print("sharded", np.asarray(out.distance))
+"""
+
+
+@pytest.mark.slow
+def test_a_batch_sharded_over_two_devices_gives_the_one_device_numbers():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    p = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.startswith("sharded [")

@@ -100,3 +100,17 @@ def test_variant_names():
     assert variant_name("0.0", False) == "vgg-l2-baseline-v0.0"
     with pytest.raises(ConfigError, match="version must be one of 0.1, 0.0, got '0.2'"):
         variant_name("0.2", True)
+
+
+def test_a_script_named_lpips_is_not_taken_for_the_package(tmp_path, monkeypatch):
+    import importlib.util
+
+    script = tmp_path / "lpips.py"  # e.g. a benchmark script run from its own folder
+    script.write_text("")
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: importlib.util.spec_from_file_location(name, script)
+    )
+    with pytest.raises(
+        CheckpointError, match=f"'lpips' is {script}, not the lpips package; give the lin file"
+    ):
+        default_lin_file("0.1")

@@ -154,6 +154,8 @@ def default_lin_file(version: str = "0.1") -> Path:
             f"no lin file given and the lpips package is not installed; give the lin file (lpips' "
             f"weights/v{version}/vgg.pth, sha256 {LIN_SHA256[version][:12]}…) or pip install lpips==0.1.4"
         )
+    if spec.submodule_search_locations is None:  # e.g. a script named lpips.py on sys.path
+        raise CheckpointError(f"'lpips' is {spec.origin}, not the lpips package; give the lin file by hand")
     path = Path(spec.origin).parent / "weights" / f"v{version}" / "vgg.pth"
     if not path.is_file():
         raise CheckpointError(f"the installed lpips package has no {path}; give the lin file by hand")
