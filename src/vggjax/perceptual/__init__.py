@@ -3,7 +3,7 @@
 :class:`LPIPS` is in :mod:`vggjax.perceptual.lpips`, :func:`load_lpips` (its weights from
 files) in :mod:`vggjax.perceptual.weights`, and ``content_loss``, ``gram_matrix`` and
 ``style_loss`` in :mod:`vggjax.perceptual.style`. Guide: ``docs/perceptual.md``. Names are
-imported on first use, so ``vggjax.nn.features`` can take ``gram_matrix`` from here.
+imported on first use: the style losses do not load the weight readers.
 """
 
 _LAZY = {

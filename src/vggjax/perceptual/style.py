@@ -27,40 +27,11 @@ import jax
 import jax.numpy as jnp
 
 from vggjax.errors import ArchError, ConfigError
+from vggjax.nn.features import GRAM_NORMALIZATIONS, gram_matrix
 
-GRAM_NORMALIZATIONS = ("none", "hw", "chw")
+__all__ = ["GRAM_NORMALIZATIONS", "content_loss", "gram_matrix", "style_loss"]
 STYLE_NORMALIZATIONS = ("gatys", *GRAM_NORMALIZATIONS)
 CONTENT_REDUCTIONS = ("mean", "half_sum")
-
-
-def gram_matrix(f: jax.Array, normalize: str = "hw") -> jax.Array:
-    """Channel-by-channel Gram matrix of a feature map, ``G[n, c, d] = Σ_{h,w} f[n,h,w,c] f[n,h,w,d] / Z``.
-
-    ``Z`` is 1 (``"none"``, Gatys et al.), ``H·W`` (``"hw"``, the default: comparable across
-    image sizes) or ``C·H·W`` (``"chw"``, Johnson et al.). Computed in float32. Example (the
-    module docstring's): positions ``(1, 2)`` and ``(3, 4)`` give ``[[10, 14], [14, 20]] / Z``.
-
-    Args:
-      f: ``[N, H, W, C]`` activations, e.g. ``features(…)["relu3_3"]``.
-      normalize: ``"none"``, ``"hw"`` or ``"chw"``.
-
-    Returns:
-      ``float32[N, C, C]``, symmetric.
-
-    Raises:
-      ArchError: if ``f`` is not a 4-D NHWC map.
-      ConfigError: for another ``normalize``.
-    """
-    if f.ndim != 4:
-        raise ArchError(f"gram_matrix needs an NHWC map [N, H, W, C], got shape {tuple(f.shape)}")
-    if normalize not in GRAM_NORMALIZATIONS:
-        raise ConfigError(
-            f"gram normalize must be one of {', '.join(GRAM_NORMALIZATIONS)}, got {normalize!r}"
-        )
-    _, h, w, c = f.shape
-    z = {"none": 1, "hw": h * w, "chw": c * h * w}[normalize]
-    f = f.astype(jnp.float32)
-    return jnp.einsum("nhwc,nhwd->ncd", f, f) / z
 
 
 def _layer_weights(
