@@ -318,7 +318,7 @@ def lpips_files(tmp_path, sizes=((40, 40), (40, 40)), trunk_shapes_changed=None)
 @command_case
 def lpips_missing_trunk_file(tmp_path):
     images, _ = lpips_files(tmp_path)
-    return ["lpips", *images, "--trunk", str(tmp_path / "vgg16.pth")], tmp_path, "no weights file at"
+    return ["lpips", *images, "--trunk", str(tmp_path / "vgg16.pth")], tmp_path, "no trunk file at"
 
 
 @command_case

@@ -97,6 +97,8 @@ def read_trunk(path: str | Path) -> dict:
     Raises:
       CheckpointError: for an unreadable file or one without VGG-16's ``features.*``.
     """
+    if not Path(path).is_file():
+        raise CheckpointError(f"no trunk file at {path}; {TRUNK_HINT}")
     return trunk_variables(torchfile.read_state_dict(path), f"the trunk file {path}")
 
 
@@ -180,7 +182,7 @@ def read_lin(path: str | Path | None, version: str = "0.1") -> tuple[np.ndarray,
     if other is not None:
         raise CheckpointError(
             f"{path} is the lin file of LPIPS v{other}, but version {version} was asked for; "
-            f"pass version {other} (--version {other}) or give the v{version} file"
+            f"pass --version {other} (version={other!r}) or give the v{version} file"
         )
     if default and digest != LIN_SHA256[version]:
         raise CheckpointError(
