@@ -672,6 +672,101 @@ def test_resume_of_a_trained_finished_run_touches_nothing(tmp_path, capsys):
     assert timed_snapshot(out) == before
 
 
+# --- lpips (issue 14)
+
+
+def lpips_files(tmp_path, sizes=((40, 40), (40, 40)), trunk_shapes_changed=None):
+    """Two PNGs of the given (W, H) and a zero VGG-16 trunk (.safetensors, optionally a key reshaped)."""
+    from PIL import Image
+
+    from vggjax.interop.torchfile import write_state_dict
+    from vggjax.perceptual.weights import trunk_shapes
+
+    images = []
+    for i, size in enumerate(sizes):
+        images.append(str(tmp_path / f"img{i}.png"))
+        Image.new("RGB", size, (10 * i, 100, 200)).save(images[-1])
+    shapes = trunk_shapes() | (trunk_shapes_changed or {})
+    trunk = tmp_path / "vgg16.safetensors"
+    write_state_dict(trunk, {k: np.zeros(s, np.float32) for k, s in shapes.items()})
+    return images, str(trunk)
+
+
+@command_case
+def lpips_missing_trunk_file(tmp_path):
+    images, _ = lpips_files(tmp_path)
+    return ["lpips", *images, "--trunk", str(tmp_path / "vgg16.pth")], tmp_path, "no trunk file at"
+
+
+@command_case
+def lpips_no_trunk_given(tmp_path):
+    images, _ = lpips_files(tmp_path)
+    return ["lpips", *images], tmp_path, "give --trunk FILE: a torchvision VGG-16 state_dict"
+
+
+@command_case
+def lpips_wrong_shaped_trunk_key(tmp_path):
+    images, trunk = lpips_files(tmp_path, trunk_shapes_changed={"features.7.weight": (128, 64, 1, 1)})
+    message = "features.7.weight in the trunk file"
+    return ["lpips", *images, "--trunk", trunk], tmp_path, message + f" {trunk} has shape [128, 64, 1, 1]"
+
+
+@command_case
+def lpips_lin_file_as_trunk(tmp_path):
+    from vggjax.perceptual.weights import default_lin_file
+
+    images, _ = lpips_files(tmp_path)
+    argv = ["lpips", *images, "--trunk", str(default_lin_file())]
+    return argv, tmp_path, "holds LPIPS lin weights (lin0.model.1.weight …), not a VGG-16"
+
+
+@command_case
+def lpips_other_versions_lin_file(tmp_path):
+    from vggjax.perceptual.weights import default_lin_file
+
+    images, trunk = lpips_files(tmp_path)
+    argv = ["lpips", *images, "--trunk", trunk, "--lin", str(default_lin_file("0.0"))]
+    return argv, tmp_path, "is the lin file of LPIPS v0.0, but version 0.1 was asked for"
+
+
+@command_case
+def lpips_odd_number_of_images(tmp_path):
+    images, trunk = lpips_files(tmp_path, sizes=((40, 40),) * 3)
+    return ["lpips", *images, "--trunk", trunk], tmp_path, "3 images given: give them in pairs, A B [A2 B2 …]"
+
+
+@command_case
+def lpips_size_mismatch(tmp_path):
+    images, trunk = lpips_files(tmp_path, sizes=((40, 40), (48, 40)))
+    message = "img1.png is 48x40; LPIPS compares images of one size: pass --resize S"
+    return ["lpips", *images, "--trunk", trunk, "--spatial-out", str(tmp_path / "maps")], tmp_path, message
+
+
+@command_case
+def lpips_image_too_small(tmp_path):
+    images, trunk = lpips_files(tmp_path, sizes=((28, 28), (28, 28)))
+    return ["lpips", *images, "--trunk", trunk], tmp_path, "needs at least 32x32 pixels: pass --resize 64"
+
+
+@command_case
+def lpips_folders_with_other_names(tmp_path):
+    _, trunk = lpips_files(tmp_path)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "img0.png").rename(tmp_path / "a" / "cat.png")
+    (tmp_path / "img1.png").rename(tmp_path / "b" / "dog.png")
+    argv = ["lpips", "--dir-a", str(tmp_path / "a"), "--dir-b", str(tmp_path / "b"), "--trunk", trunk]
+    return argv, tmp_path, "--dir-b has no cat.png, which --dir-a has; both folders need the same names"
+
+
+@command_case
+def lpips_spatial_out_is_a_file(tmp_path):
+    images, trunk = lpips_files(tmp_path)
+    (tmp_path / "maps").write_text("mine")
+    argv = ["lpips", *images, "--trunk", trunk, "--spatial-out", str(tmp_path / "maps")]
+    return argv, tmp_path, "is a file; give a folder for the heat maps"
+
+
 @pytest.mark.parametrize("case", list(COMMAND_CASES))
 def test_bad_command_input_is_one_line_exit_2_and_damages_nothing(case, tmp_path, capsys):
     argv, keep, message = COMMAND_CASES[case](tmp_path)

@@ -5,7 +5,7 @@
 
 Every user error (a :class:`~vggjax.errors.VggjaxError`) becomes one line on stderr,
 ``error: <what was wrong and how to fix it>``, without a traceback. Exit statuses: 0 ok,
-1 some ``predict`` files unreadable, 2 bad input, 3 training diverged (NaN/Inf), 130 Ctrl-C,
+1 some ``predict`` or ``lpips`` files unreadable, 2 bad input, 3 training diverged (NaN/Inf), 130 Ctrl-C,
 141 stdout's reader went away (a closed pipe), 143 SIGTERM (see :mod:`vggjax.errors`).
 """
 
@@ -213,6 +213,38 @@ def _bench_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _lpips_parser(sub) -> None:
+    from vggjax.config import DTYPES
+
+    p = _command(
+        sub,
+        "lpips",
+        commands.lpips,
+        "LPIPS-VGG distances between image pairs, as the lpips package computes them",
+        "LPIPS-VGG distance of each pair of images (the lpips 0.1.4 package's numbers), then their "
+        "mean, with the variant's name. Images of a pair must have one size unless --resize is "
+        "given; any mode is read as RGB in [0, 1]. Exit status 1 if any file could not be read.",
+    )
+    p.add_argument("images", metavar="IMAGE", nargs="*", help="image pairs: A B [A2 B2 ...]")
+    p.add_argument(
+        "--dir-a", metavar="DIR", help="a folder of images; compared with --dir-b's of the same name"
+    )
+    p.add_argument("--dir-b", metavar="DIR", help="the other folder")
+    p.add_argument("--trunk", metavar="FILE", help="torchvision VGG-16 state_dict, e.g. vgg16-397923af.pth")
+    p.add_argument(
+        "--lin", metavar="FILE", help="lin weights (default: the installed lpips package's vgg.pth)"
+    )
+    p.add_argument(
+        "--version", dest="lpips_version", default="0.1", choices=["0.1", "0.0"], help="LPIPS version"
+    )
+    p.add_argument("--baseline", action="store_true", help="no lin weights: the reference's lpips=False")
+    p.add_argument("--spatial-out", metavar="DIR", help="write each pair's distance map as a PNG heat map")
+    p.add_argument("--resize", type=int, metavar="S", help="resize every image to SxS first")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="pairs per device call")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="the trunk's compute dtype")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vggjax`` argument parser with all subcommands."""
     parser = argparse.ArgumentParser(
@@ -227,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     _predict_parser(sub, "predict-imagenet", top_k=5, imagenet_only=True)
     _bench_parser(sub)
     _weights_parser(sub)
+    _lpips_parser(sub)
     return parser
 
 

@@ -190,3 +190,29 @@ def bench(args: argparse.Namespace) -> int:
     report = run_bench(BenchConfig(**own, train=TrainConfig(**train)))
     _print(args, report, format_report(report))
     return 0
+
+
+def lpips(args: argparse.Namespace) -> int:
+    from vggjax.errors import ConfigError
+    from vggjax.perceptual.weights import load_lpips
+    from vggjax.tasks.lpips import format_results, list_pairs, plan_pairs, score_pairs, to_json
+
+    pairs = list_pairs(args.images, args.dir_a, args.dir_b)
+    if args.trunk is None:
+        raise ConfigError("give --trunk FILE: a torchvision VGG-16 state_dict such as vgg16-397923af.pth")
+    job = plan_pairs(pairs, resize=args.resize, batch_size=args.batch_size, spatial_out=args.spatial_out)
+    metric = load_lpips(
+        args.trunk, lin=args.lin, version=args.lpips_version, baseline=args.baseline, dtype=args.dtype
+    )
+    results = score_pairs(metric, job, progress=args.dir_a is not None)
+    for r in results:
+        if r.error is not None:
+            print(f"error: {r.error}", file=sys.stderr)
+    maps = sum(r.map is not None for r in results)
+    text = format_results(results, metric.variant)
+    _print(
+        args,
+        to_json(results, metric.variant),
+        text + (f"\nwrote {maps} heat maps to {args.spatial_out}" if maps else ""),
+    )
+    return 1 if any(r.error is not None for r in results) else 0

@@ -1,4 +1,4 @@
-"""Named intermediate activations of a VGG, and the Gram matrix of style losses.
+"""Named intermediate activations of a VGG, and the Gram matrix of :mod:`vggjax.perceptual.style`'s losses.
 
 The names are the VGG paper's and the perceptual-loss literature's: Johnson et al.
 (2016) tap ``relu2_2`` for content and ``relu1_2``, ``relu2_2``, ``relu3_3``,
@@ -28,10 +28,11 @@ import jax
 import jax.numpy as jnp
 
 from vggjax.arch import feature_names
-from vggjax.errors import ArchError
+from vggjax.errors import ArchError, ConfigError
 from vggjax.nn.vgg import VGG
 
-__all__ = ["feature_names", "features", "gram_matrix"]
+__all__ = ["GRAM_NORMALIZATIONS", "feature_names", "features", "gram_matrix"]
+GRAM_NORMALIZATIONS = ("none", "hw", "chw")  # gram_matrix's Z: 1, H·W, C·H·W
 
 
 def features(
@@ -63,24 +64,35 @@ def features(
     return model.apply(variables, x, names, method=VGG.features)
 
 
-def gram_matrix(x: jax.Array) -> jax.Array:
-    """Channel-by-channel Gram matrix of a feature map, averaged over positions.
+def gram_matrix(f: jax.Array, normalize: str = "hw") -> jax.Array:
+    """Channel-by-channel Gram matrix of a feature map, ``G[n, c, d] = Σ_{h,w} f[n,h,w,c] f[n,h,w,d] / Z``.
 
-    ``G[n, c, d] = Σ_{h, w} x[n, h, w, c] · x[n, h, w, d] / (H · W)``, computed in
-    float32. Gatys et al. (2016) use the plain sum; Johnson et al. (2016) divide by
-    ``C · H · W``: divide this by ``C`` for theirs. Averaging over positions keeps style
-    losses comparable across image sizes.
+    ``Z`` is 1 (``"none"``, Gatys et al.), ``H·W`` (``"hw"``, the default: comparable across
+    image sizes) or ``C·H·W`` (``"chw"``, Johnson et al.). Computed in float32.
+
+    Worked 2×2 example: one image with ``H = 1, W = 2, C = 2`` whose positions hold ``(1, 2)``
+    and ``(3, 4)``: ``F = [[1, 3], [2, 4]]`` (channels × positions), ``F Fᵀ = [[10, 14], [14,
+    20]]``, so ``"none"`` gives that, ``"hw"`` ``[[5, 7], [7, 10]]``, ``"chw"`` ``[[2.5, 3.5],
+    [3.5, 5]]``.
 
     Args:
-      x: ``[N, H, W, C]`` activations (e.g. ``features(…)["relu3_3"]``).
+      f: ``[N, H, W, C]`` activations, e.g. ``features(…)["relu3_3"]``.
+      normalize: ``"none"``, ``"hw"`` or ``"chw"``.
 
     Returns:
       ``float32[N, C, C]``, symmetric.
 
     Raises:
-      ArchError: if ``x`` is not a 4-D NHWC map.
+      ArchError: if ``f`` is not a 4-D NHWC map.
+      ConfigError: for another ``normalize``.
     """
-    if x.ndim != 4:
-        raise ArchError(f"gram_matrix needs an NHWC map [N, H, W, C], got shape {tuple(x.shape)}")
-    x = x.astype(jnp.float32)
-    return jnp.einsum("nhwc,nhwd->ncd", x, x) / (x.shape[1] * x.shape[2])
+    if f.ndim != 4:
+        raise ArchError(f"gram_matrix needs an NHWC map [N, H, W, C], got shape {tuple(f.shape)}")
+    if normalize not in GRAM_NORMALIZATIONS:
+        raise ConfigError(
+            f"gram normalize must be one of {', '.join(GRAM_NORMALIZATIONS)}, got {normalize!r}"
+        )
+    _, h, w, c = f.shape
+    z = {"none": 1, "hw": h * w, "chw": c * h * w}[normalize]
+    f = f.astype(jnp.float32)
+    return jnp.einsum("nhwc,nhwd->ncd", f, f) / z
