@@ -2,13 +2,13 @@
 
 Why this route and not a converter of the jitted function (``jax2onnx``), measured with
 the tiny models of the tests (``docs/export.md`` has the figures): beside vggjax's
-``orbax-checkpoint>=0.12.8`` pip resolves ``jax2onnx`` to 0.13.0, which brings 23 more
+``orbax-checkpoint>=0.12.8`` pip resolves ``jax2onnx`` to 0.13.0, which brings some 20 more
 packages (equinox, huggingface-hub, netron, dm-pix, orbax-export, chex …; 75 MB besides
 onnx and onnxruntime), fails on Flax's own max-pool (``impl="xla"``: a TypeError in its
 MaxPool plugin) and, from the ``cpu_fast`` ops, makes 149–221 nodes of Gather, Squeeze and
 Shape whose adaptive head onnxruntime refuses at opset 17. A VGG is data: every layer of
-:func:`vggjax.arch.layers` maps to one or two ONNX ops with the run's exact weights
-(35 nodes for VGG-11), and ``onnx`` + ``onnxruntime`` are the only packages needed.
+:func:`vggjax.arch.layers` maps to one or two ONNX ops with the run's exact weights (30
+nodes for VGG-11, 35 with the preprocessing); ``onnx`` and ``onnxruntime`` are all it needs.
 
 The graph takes NHWC images, as vggjax does, and computes in NCHW (ONNX's ``Conv``):
 
