@@ -235,6 +235,10 @@ def test_metadata_names_opset_inputs_outputs_and_is_printed(runs, tmp_path, caps
     assert json.loads(meta["outputs"]) == [{"name": "logits", "shape": [3, 10], "dtype": "float32"}]
     assert json.loads(meta["class_names"])[0] == "T-shirt/top"
     assert meta["vggjax_version"] and meta["jax_version"] == jax.__version__
+    assert main(["export", str(runs["thin"]), "--out", str(out), "--batch", "5", "--overwrite"]) == 0
+    assert (
+        json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["inputs"])[0]["shape"][0] == 5
+    )
 
 
 def test_stablehlo_sidecar_and_cuda_on_request(runs, tmp_path, capsys):

@@ -5,15 +5,13 @@ evaluation mode (Flax's own ops, ``impl="xla"``), optionally behind the run's de
 preprocessing (``uint8`` in) and followed by a softmax, or the named activations of
 ``--features``. ``--format stablehlo`` serializes exactly that function with ``jax.export``
 (:mod:`vggjax.interop.stablehlo`); ``--format onnx`` builds the same computation from the
-arch's layer list (:mod:`vggjax.interop.onnx_graph`, where the choice of that route over a
-converter is explained). Its input and output shapes come from ``jax.eval_shape`` of
-:func:`forward`, which also runs the model's own checks (input size, tap names) first.
+arch's layer list (:mod:`vggjax.interop.onnx_graph`, which says why). Shapes come from
+``jax.eval_shape`` of :func:`forward`, which also runs the model's checks (sizes, tap names).
 
 Each artifact carries one record (:func:`export_run`'s ``record``): input and output names,
 shapes and dtypes, the preprocessing (in the graph or left to the host), the class names,
-the model, and the vggjax and jax versions. ONNX keeps it in ``metadata_props``;
-StableHLO beside the file, as ``FILE.json``. Files are written atomically after every
-check and the conversion have passed, so a refused export leaves nothing behind.
+the model, the vggjax and jax versions: in ONNX's ``metadata_props``, or as ``FILE.json``
+beside StableHLO. Files are written atomically after all checks and the conversion passed.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ from vggjax.config import TrainConfig
 from vggjax.errors import ConfigError, check_positive_int
 from vggjax.interop import onnx_graph, stablehlo
 from vggjax.nn.vgg import VGG
-from vggjax.run.files import atomic_write_bytes, atomic_write_text
+from vggjax.run.files import atomic_write_bytes, atomic_write_text, check_new_files
 from vggjax.run.folder import LoadedRun, RunDir
 from vggjax.tasks.predict import DATASET_CLASS_NAMES
 from vggjax.training.steps import preprocess as preprocess_images
@@ -42,6 +40,8 @@ from vggjax.training.steps import preprocess as preprocess_images
 FORMATS = {".onnx": "onnx", ".stablehlo": "stablehlo"}  # suffix → format, for an --out without --format
 OUTPUTS = ("logits", "probs")
 TORCHVISION_FILES = (".pth", ".pt", ".safetensors")
+# The config.json fields the record names the model by.
+MODEL_FIELDS = ("arch", "width", "head", "num_classes", "channels", "dataset")
 
 
 class ExportResult(NamedTuple):
@@ -74,28 +74,6 @@ def resolve_format(format: str | None, out: str | Path) -> str:
     if format not in FORMATS.values():
         raise ConfigError(f"unknown --format {format!r}; use one of {known}")
     return format
-
-
-def check_targets(paths: Sequence[Path], *, overwrite: bool) -> None:
-    """Checks that each file may be written; writes nothing that stays.
-
-    Raises:
-      ConfigError: for a folder, an existing file without ``overwrite`` (naming it), or a
-        folder that does not exist or cannot be written.
-    """
-    for path in paths:
-        if path.is_dir():
-            raise ConfigError(f"{path} is a folder; give --out a file name")
-        if path.exists() and not overwrite:
-            raise ConfigError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
-    parent = paths[0].parent
-    try:
-        if not parent.is_dir():
-            raise FileNotFoundError(f"no folder {parent}")
-        with tempfile.TemporaryFile(dir=parent, prefix=".vggjax-probe-"):
-            pass
-    except OSError as e:
-        raise ConfigError(f"cannot write {paths[0]}: {e.strerror or e}; choose a writable --out") from None
 
 
 def load_source(
@@ -229,15 +207,12 @@ def export_run(
     if batch is not None:
         check_positive_int(batch, "--batch")
     if platforms is not None and fmt != "stablehlo":
-        raise ConfigError(
-            "--platforms is for --format stablehlo; an ONNX file runs wherever onnxruntime does"
-        )
-    if platforms is not None:
-        stablehlo.check_platforms(platforms)
+        raise ConfigError("--platforms is for --format stablehlo; ONNX runs wherever onnxruntime does")
+    stablehlo.check_platforms(platforms or ("cpu",))
     if fmt == "onnx":
         onnx = onnx_graph.onnx_module()  # a missing extra is said before any work
     targets = [out] if fmt == "onnx" else [out, out.with_name(out.name + ".json")]
-    check_targets(targets, overwrite=overwrite)
+    check_new_files(targets, overwrite=overwrite)
     run = load_source(source, checkpoint=checkpoint, arch=arch, width=width, dataset=dataset)
     config = run.config
     size = check_image_size(config, image_size)
@@ -257,19 +232,16 @@ def export_run(
         "outputs": [spec(n, s.shape, s.dtype) for n, s in named],
         "preprocessing": {"in_graph": preprocess, "image_size": size, **config.preprocessing._asdict()},
         "class_names": list(names) if names is not None and len(names) == config.num_classes else None,
-        "model": {
-            k: getattr(config, k) for k in ("arch", "width", "head", "num_classes", "channels", "dataset")
-        },
+        "model": {k: getattr(config, k) for k in MODEL_FIELDS},
         "source": str(source),
         "vggjax_version": vggjax.__version__,
         "jax_version": jax.__version__,
     }
     if fmt == "onnx":
         record["onnx_version"] = onnx.__version__
+        sizes = {"head": config.head, "hidden": config.hidden, "num_classes": config.num_classes}
         model = onnx_graph.build_onnx(
-            layers(
-                config.resolved_arch(), head=config.head, hidden=config.hidden, num_classes=config.num_classes
-            ),
+            layers(config.resolved_arch(), **sizes),
             run.variables,
             input_shape=record["inputs"][0]["shape"],
             image_size=size,
