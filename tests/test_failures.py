@@ -3,7 +3,9 @@
 And the NaN guard: a learning rate far too high stops at the first non-finite step, exit 3.
 """
 
+import atexit
 import dataclasses
+import functools
 import gzip
 import hashlib
 import json
@@ -12,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -765,6 +768,112 @@ def lpips_spatial_out_is_a_file(tmp_path):
     (tmp_path / "maps").write_text("mine")
     argv = ["lpips", *images, "--trunk", trunk, "--spatial-out", str(tmp_path / "maps")]
     return argv, tmp_path, "is a file; give a folder for the heat maps"
+
+
+# --- export (issue 16)
+
+
+@functools.cache
+def _export_template() -> Path:
+    """One thin VGG-11 run with weights (made once), copied into each export case's folder."""
+    root = Path(tempfile.mkdtemp(prefix="vggjax-export-cases-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    config = tiny_config()
+    variables = from_config(config).init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    RunDir(root / "run").save(config, variables, overwrite=False)
+    return root / "run"
+
+
+def export_case(tmp_path: Path, *flags: str, out: str = "m.onnx") -> tuple[list[str], Path]:
+    run = tmp_path / "run"
+    shutil.copytree(_export_template(), run)
+    return ["export", str(run), "--out", str(tmp_path / out), *flags], tmp_path
+
+
+@command_case
+def export_unknown_format(tmp_path):
+    argv, keep = export_case(tmp_path, "--format", "tflite")
+    return argv, keep, "unknown --format 'tflite'; use one of onnx, stablehlo"
+
+
+@command_case
+def export_no_format_and_unknown_suffix(tmp_path):
+    return *export_case(tmp_path, out="m.bin"), "give --format (onnx, stablehlo): the suffix of"
+
+
+@command_case
+def export_not_a_run(tmp_path):
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "thesis.tex").write_text("years of work")
+    argv = ["export", str(tmp_path / "thesis"), "--out", str(tmp_path / "m.onnx")]
+    return argv, tmp_path, "is not a vggjax run folder (no config.json)"
+
+
+@command_case
+def export_torchvision_file_without_arch(tmp_path):
+    (tmp_path / "vgg16.pth").write_bytes(b"not read")
+    argv = ["export", str(tmp_path / "vgg16.pth"), "--out", str(tmp_path / "m.onnx")]
+    return argv, tmp_path, "is a torchvision weights file; give --arch"
+
+
+@command_case
+def export_image_size_below_minimum(tmp_path):
+    return *export_case(tmp_path, "--image-size", "16"), "input 16x16 is too small for 5 2x2 max-pools"
+
+
+@command_case
+def export_flatten_head_at_another_size(tmp_path):
+    return *export_case(tmp_path, "--image-size", "64"), "the run's flatten head takes exactly 32x32"
+
+
+@command_case
+def export_unwritable_sys(tmp_path):
+    argv, keep = export_case(tmp_path)
+    return [*argv[:-2], "--out", "/sys/vggjax.onnx"], keep, "cannot write /sys/vggjax.onnx"
+
+
+@command_case
+def export_parent_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    return *export_case(tmp_path, out="file/m.onnx"), "cannot write"
+
+
+@command_case
+def export_existing_file(tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"an earlier model")
+    return *export_case(tmp_path), "m.onnx exists; pass --overwrite to replace it"
+
+
+@command_case
+def export_existing_sidecar(tmp_path):
+    (tmp_path / "m.stablehlo.json").write_text("{}")
+    return *export_case(tmp_path, out="m.stablehlo"), "m.stablehlo.json exists; pass --overwrite"
+
+
+@command_case
+def export_unknown_feature(tmp_path):
+    return *export_case(tmp_path, "--features", "relu4_1,relu9_1"), "unknown layer name(s) ['relu9_1']"
+
+
+@command_case
+def export_probs_of_features(tmp_path):
+    return *export_case(tmp_path, "--features", "pool5", "--output", "probs"), "no --output probs"
+
+
+@command_case
+def export_unknown_platform(tmp_path):
+    argv, keep = export_case(tmp_path, "--platforms", "cpu,gpu", out="m.stablehlo")
+    return argv, keep, "unknown --platforms ['gpu']; use some of cpu, cuda, rocm, tpu"
+
+
+@command_case
+def export_batch_and_dynamic_batch(tmp_path):
+    return *export_case(tmp_path, "--batch", "4", "--dynamic-batch"), "give --batch N or --dynamic-batch"
+
+
+@command_case
+def export_zero_batch(tmp_path):
+    return *export_case(tmp_path, "--batch", "0"), "--batch must be a positive integer, got 0"
 
 
 @pytest.mark.parametrize("case", list(COMMAND_CASES))

@@ -192,6 +192,39 @@ def _weights_parser(sub) -> None:
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _model_export_parser(sub) -> None:
+    p = _command(
+        sub,
+        "export",
+        commands.export_model,
+        "write a run's model as ONNX or serialized StableHLO, to run without vggjax",
+        "Write a run's model (or a torchvision VGG file, with --arch) as one file that runs without "
+        "vggjax: ONNX (checked by onnx.checker; pip install 'vggjax[onnx]') or StableHLO serialized "
+        "by jax.export, with a JSON sidecar FILE.json. Input NHWC images; prints each input and output.",
+    )
+    p.add_argument("source", metavar="RUN_DIR", help="a run folder, or a torchvision .pth/.safetensors file")
+    p.add_argument("--format", help="onnx or stablehlo (default: from --out's suffix .onnx/.stablehlo)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    p.add_argument("--batch", type=int, metavar="N", help="a fixed batch size (default: any batch)")
+    p.add_argument(
+        "--dynamic-batch", action="store_true", help="a symbolic batch dimension N (the default)"
+    )
+    p.add_argument(
+        "--image-size", type=int, metavar="S", help="input side (default the run's; adaptive head: any)"
+    )
+    p.add_argument(
+        "--preprocess", action="store_true", help="bake the run's preprocessing in: uint8[N, H, W, C] in"
+    )
+    p.add_argument("--output", default="logits", help="logits (default) or probs")
+    p.add_argument("--features", metavar="LAYERS", help="comma-separated taps, e.g. relu4_3,pool5, instead")
+    p.add_argument("--platforms", help="StableHLO: comma-separated, cpu (default), cuda, rocm, tpu")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.add_argument("--checkpoint", help="weights folder to use instead of RUN_DIR/weights")
+    p.add_argument("--arch", help="for a torchvision file: the arch it holds (vgg16, vgg11_bn ...)")
+    p.add_argument("--width", type=float, default=1.0, help="for a torchvision file: width multiplier")
+    p.add_argument("--dataset", default="imagenet", help="for a torchvision file: imagenet or fashion-mnist")
+
+
 def _bench_parser(sub) -> None:
     p = _command(
         sub,
@@ -256,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     _convert_parser(sub)
     _export_parser(sub)
+    _model_export_parser(sub)
     _predict_parser(sub, "predict-imagenet", top_k=5, imagenet_only=True)
     _bench_parser(sub)
     _weights_parser(sub)

@@ -180,6 +180,32 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_model(args: argparse.Namespace) -> int:
+    from vggjax.errors import ConfigError
+    from vggjax.tasks.export import export_run, format_result
+
+    if args.batch is not None and args.dynamic_batch:
+        raise ConfigError("give --batch N or --dynamic-batch, not both")
+    result = export_run(
+        args.source,
+        args.out,
+        format=args.format,
+        batch=args.batch,
+        image_size=args.image_size,
+        preprocess=args.preprocess,
+        output=args.output,
+        features=args.features.split(",") if args.features is not None else None,
+        platforms=args.platforms.split(",") if args.platforms is not None else None,
+        overwrite=args.overwrite,
+        checkpoint=args.checkpoint,
+        arch=args.arch,
+        width=args.width,
+        dataset=args.dataset,
+    )
+    _out(format_result(result))
+    return 0
+
+
 def bench(args: argparse.Namespace) -> int:
     from vggjax.bench import BenchConfig, format_report, run_bench
     from vggjax.config import TrainConfig

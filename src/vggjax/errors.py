@@ -53,6 +53,11 @@ class CheckpointError(VggjaxError):
     """A run folder or checkpoint that is missing, truncated or from another model."""
 
 
+class ExportError(VggjaxError):
+    """A model that cannot be exported as asked: a missing optional package, or a layer or op
+    the target format cannot express (the message names it)."""
+
+
 class DivergedError(VggjaxError):
     """The loss or the gradient norm became NaN or infinite; training stopped.
 

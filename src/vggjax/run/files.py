@@ -1,12 +1,14 @@
-"""Atomic file writes: a reader sees the old content or the new, never half of one."""
+"""Atomic file writes (a reader sees the old content or the new, never half), and the check before."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from vggjax.errors import ConfigError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -51,3 +53,25 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_new_files(paths: Sequence[Path], *, overwrite: bool) -> None:
+    """Checks that each of ``paths`` (one folder) may be written as ``--out``; writes nothing that stays.
+
+    Raises:
+      ConfigError: for a folder, an existing file without ``overwrite`` (naming it), or a
+        folder that does not exist or cannot be written.
+    """
+    for path in paths:
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder; give --out a file name")
+        if path.exists() and not overwrite:
+            raise ConfigError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
+    parent = paths[0].parent
+    try:
+        if not parent.is_dir():
+            raise FileNotFoundError(f"no folder {parent}")
+        with tempfile.TemporaryFile(dir=parent, prefix=".vggjax-probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot write {paths[0]}: {e.strerror or e}; choose a writable --out") from None
