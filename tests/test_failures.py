@@ -178,6 +178,19 @@ CASES = {
     "resume no checkpoint": ([], "the run holds no checkpoint"),
     "resume disagrees": ([], "--lr 0.5 disagrees with the run's saved lr = 0.05"),
     "resume and overwrite": ([], "--resume and --overwrite contradict each other"),
+    # --- resource bounds (issue 13: 5): refused before the run folder is made
+    "image size astronomical": (
+        ["--image-size", "100000"],
+        "one training step (batch 128 at 100000x100000) needs about ",
+    ),
+    "hidden astronomical": (
+        ["--hidden", "1000000000"],
+        "one training step (batch 128 at 32x32) needs about ",
+    ),
+    "eval batch astronomical": (
+        ["--eval-batch-size", "100000000"],
+        "use a smaller --eval-batch-size, --image-size, --hidden or --width",
+    ),
 }
 
 
@@ -290,6 +303,18 @@ def summary_unparsable_arch(tmp_path):
 
 
 # --- resource bounds, adaptive upsampling, summary head/pooling (issue 13: 5, 6, 8)
+MEMORY_FIX = "available on this machine; use a smaller --batch-size, --image-size, --hidden or --width"
+
+
+@command_case
+def bench_image_size_astronomical(tmp_path):
+    return ["bench", "--image-size", "100000"], tmp_path, MEMORY_FIX
+
+
+@command_case
+def bench_hidden_astronomical(tmp_path):
+    return ["bench", "--hidden", "1000000000"], tmp_path, MEMORY_FIX
+
 
 # --- dilation (issue 13: 13)
 
