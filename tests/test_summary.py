@@ -1,4 +1,5 @@
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -97,3 +98,34 @@ def test_summary_cli_non_positive_channels_is_one_line_exit_2(capsys):
     captured = capsys.readouterr()
     assert captured.err == "error: --channels must be a positive integer, got 0\n"
     assert captured.out == ""
+
+
+def test_table_columns_grow_with_their_contents(capsys):
+    # Issue 13, 5: the columns had fixed widths, so big numbers ran into each other
+    # (`…826,3787,398…`). Paper channels (512) on a 65536-px input: 22-character shapes,
+    # 21-digit params (fc6) and 26-digit MACs (conv1_2).
+    argv = ["summary", "--arch", "((2,512),)", "--input-size", "65536", "--detail"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, rows = lines[0], [line for line in lines[2:] if not line.startswith("-")]
+    shape_at, params_end = header.index("output shape"), header.index("params") + len("params")
+    cells = re.compile(r"(\S+) +(\([\d, ]*\))? +([\d,]+) +([\d,]+)")
+    seen = {}
+    for line in rows:
+        m = cells.fullmatch(line)
+        assert m, line  # four columns, at least one space between each
+        if m[2]:
+            assert m.start(2) == shape_at, line
+        assert m.end(3) == params_end and m.end(4) == len(header), line  # right-aligned
+        seen[m[1]] = (m[3], m[4])
+    assert seen["conv1_2"][1] == f"{65536**2 * 9 * 512 * 512:,}"
+    assert seen["fc6"][0] == f"{32768**2 * 512 * 4096 + 4096:,}"
+    every = summarize(get_arch("((2,512),)"), input_size=65536, channels=1, num_classes=10)
+    assert seen["total"] == (f"{totals(every)['total_params']:,}", f"{totals(every)['total_macs']:,}")
+
+
+def test_default_table_layout_is_unchanged(capsys):
+    assert main(["summary"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{'layer':<14}{'output shape':<22}{'params':>14}{'MACs':>18}"
+    assert lines[2] == f"{'block1':<14}{'(1, 112, 112, 64)':<22}{640:>14,}{224 * 224 * 9 * 64:>18,}"
