@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from vggjax.arch import get_arch
+from vggjax.arch import AdaptiveUpsamplingWarning, adaptive_upsampling, get_arch, warn_if_upsampling
 from vggjax.arch.summary import summarize, to_json, totals
 from vggjax.cli import main
 from vggjax.errors import ArchError, ConfigError
@@ -129,3 +129,27 @@ def test_default_table_layout_is_unchanged(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{'layer':<14}{'output shape':<22}{'params':>14}{'MACs':>18}"
     assert lines[2] == f"{'block1':<14}{'(1, 112, 112, 64)':<22}{640:>14,}{224 * 224 * 9 * 64:>18,}"
+
+
+@pytest.mark.parametrize(
+    "size, side, copies", [(32, 1, "49 copies of each value"), (64, 2, "49 values from 4")]
+)
+def test_adaptive_head_warns_when_it_enlarges_the_last_map(size, side, copies, capsys):
+    # Issue 13, 6: 1x1 pool5 silently became 7x7, a 25,088-wide fc6 where 512 would do.
+    assert main(["summary", "--head", "adaptive", "--input-size", str(size)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"warning: the adaptive pool enlarges pool5's {side}x{side} map to 7x7 ({copies}; fc6 takes "
+        f"25,088 inputs where {side * side * 512:,} would do); use --head flatten for inputs this small\n"
+    )
+    assert "fc6" in captured.out  # the table is still printed
+    with pytest.warns(AdaptiveUpsamplingWarning, match=f"{side}x{side} map to 7x7"):
+        warn_if_upsampling(get_arch("vgg11"), size, "adaptive")
+
+
+@pytest.mark.parametrize("argv", [["--head", "adaptive", "--input-size", "224"], ["--input-size", "32"]])
+def test_no_warning_when_the_map_is_not_enlarged(argv, capsys):
+    assert main(["summary", *argv]) == 0
+    assert capsys.readouterr().err == ""
+    assert adaptive_upsampling(get_arch("vgg11"), 224) is None
+    assert "6x6 map to 7x7 (49 values from 36;" in adaptive_upsampling(get_arch("vgg11"), 223)

@@ -22,6 +22,7 @@ from pathlib import Path
 import jax
 
 from vggjax import data
+from vggjax.arch.layout import warn_if_upsampling
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import pretrained
@@ -161,6 +162,7 @@ def train_and_evaluate(
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, flag="--eval-batch-size")
     check_memory(config, mesh)
+    warn_if_upsampling(config.resolved_arch(), config.image_size, config.head)
     main = parallel.is_main_process()
     progress, log = progress and main, log if main else (lambda s: None)
     if resume:
