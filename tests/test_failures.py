@@ -316,6 +316,19 @@ def bench_hidden_astronomical(tmp_path):
     return ["bench", "--hidden", "1000000000"], tmp_path, MEMORY_FIX
 
 
+@command_case
+def summary_pooling_with_flatten_head(tmp_path):
+    message = (
+        "pooling 'avg' (--pooling) is a headless model's global pooling, and the 'flatten' head has none"
+    )
+    return ["summary", "--pooling", "avg"], tmp_path, message + "; choose --head none (head=None) to pool"
+
+
+@command_case
+def summary_pooling_with_adaptive_head(tmp_path):
+    return ["summary", "--head", "adaptive", "--pooling", "max"], tmp_path, "the 'adaptive' head has none"
+
+
 # --- dilation (issue 13: 13)
 
 # --- export-torchvision, _bn apply, resume of a finished run, error text (issue 13: 7, 9, 11, 12)

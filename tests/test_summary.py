@@ -153,3 +153,14 @@ def test_no_warning_when_the_map_is_not_enlarged(argv, capsys):
     assert capsys.readouterr().err == ""
     assert adaptive_upsampling(get_arch("vgg11"), 224) is None
     assert "6x6 map to 7x7 (49 values from 36;" in adaptive_upsampling(get_arch("vgg11"), 223)
+
+
+@pytest.mark.parametrize("head", ["flatten", "adaptive"])
+def test_pooling_with_a_head_is_an_error_in_the_model_too(head):
+    # Issue 13, 8: the pooling was silently ignored; summary and model share head_layers.
+    with pytest.raises(ArchError, match=f"the '{head}' head has none; choose --head none"):
+        summarize(get_arch("vgg11"), input_size=32, head=head, pooling="avg")
+    with pytest.raises(ArchError, match="choose --head none"):
+        VGG(get_arch("vgg11", width=0.125), head=head, pooling="max").init(
+            jax.random.key(0), jnp.zeros((1, 32, 32, 1), jnp.float32)
+        )

@@ -110,9 +110,14 @@ def head_layers(
       ``list[Layer]``: empty for a headless model without pooling.
 
     Raises:
-      ArchError: for an unknown head or pooling.
+      ArchError: for an unknown head or pooling, or a pooling with a head (which has none).
     """
     c = arch.out_channels
+    if head is not None and pooling is not None:
+        raise ArchError(
+            f"pooling {pooling!r} (--pooling) is a headless model's global pooling, and the {head!r} head "
+            "has none; choose --head none (head=None) to pool, or drop --pooling"
+        )
     if head is None:
         if pooling not in (None, "avg", "max"):
             raise ArchError(f"unknown pooling {pooling!r}; use 'avg', 'max' or None")
