@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from tiny import TINY
+from tiny import TINY, TINY_FLAGS
 
 from vggjax.cli import main
 
@@ -88,6 +88,23 @@ def test_train_bad_flags_exit_2(tmp_path):
         assert p.returncode == 2, (args, p.stderr)
         assert message in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_train_warns_when_the_adaptive_head_enlarges_the_map(tmp_path, capsys):
+    # Issue 13, 6: the warning comes before anything is loaded or written (here the run then
+    # stops at its too-small data, so no training is needed to see it).
+    out = tmp_path / "r"
+    argv = ["train", "--head", "adaptive", "--no-progress", "--out", str(out), "--limit-train", "64"]
+    assert main([*argv, *TINY_FLAGS]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        "warning: the adaptive pool enlarges pool5's 1x1 map to 7x7 (49 copies of each value; fc6 takes "
+        "3,136 inputs where 64 would do); use --head flatten for inputs this small"
+    )
+    assert (
+        err[1].startswith("error: --batch-size 128 is larger than the 64 training examples") and len(err) == 2
+    )
+    assert not out.exists()
 
 
 def test_convert_torchvision_then_predict_imagenet(tmp_path, capsys):

@@ -235,6 +235,19 @@ CASES = {
         "--batch-size 128 is larger than the 100 training examples; the data holds no more, so lower "
         "--batch-size to 100 or less",
     ),
+    # --- resource bounds (issue 13: 5): refused before the run folder is made
+    "image size astronomical": (
+        ["--image-size", "100000"],
+        "one training step (batch 128 at 100000x100000) needs about ",
+    ),
+    "hidden astronomical": (
+        ["--hidden", "1000000000"],
+        "one training step (batch 128 at 32x32) needs about ",
+    ),
+    "eval batch astronomical": (
+        ["--eval-batch-size", "100000000"],
+        "use a smaller --eval-batch-size, --image-size, --hidden or --width",
+    ),
 }
 
 # What a one-line error must never show: a Python object's repr (orbax's TensorStore
@@ -358,6 +371,31 @@ def summary_unparsable_arch(tmp_path):
 
 
 # --- resource bounds, adaptive upsampling, summary head/pooling (issue 13: 5, 6, 8)
+MEMORY_FIX = "available on this machine; use a smaller --batch-size, --image-size, --hidden or --width"
+
+
+@command_case
+def bench_image_size_astronomical(tmp_path):
+    return ["bench", "--image-size", "100000"], tmp_path, MEMORY_FIX
+
+
+@command_case
+def bench_hidden_astronomical(tmp_path):
+    return ["bench", "--hidden", "1000000000"], tmp_path, MEMORY_FIX
+
+
+@command_case
+def summary_pooling_with_flatten_head(tmp_path):
+    message = (
+        "pooling 'avg' (--pooling) is a headless model's global pooling, and the 'flatten' head has none"
+    )
+    return ["summary", "--pooling", "avg"], tmp_path, message + "; choose --head none (head=None) to pool"
+
+
+@command_case
+def summary_pooling_with_adaptive_head(tmp_path):
+    return ["summary", "--head", "adaptive", "--pooling", "max"], tmp_path, "the 'adaptive' head has none"
+
 
 # --- dilation (issue 13: 13)
 

@@ -1,10 +1,11 @@
 import json
+import re
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from vggjax.arch import get_arch
+from vggjax.arch import AdaptiveUpsamplingWarning, adaptive_upsampling, get_arch, warn_if_upsampling
 from vggjax.arch.summary import summarize, to_json, totals
 from vggjax.cli import main
 from vggjax.errors import ArchError, ConfigError
@@ -140,3 +141,69 @@ def test_dilated_summary_shapes_equal_the_model(capsys):
     assert main(["summary", "--arch", DILATED, "--width", "0.125", "--input-size", "32"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[3].startswith("block2 d1,2 ") and table[6].startswith("block5 ")
+
+
+def test_table_columns_grow_with_their_contents(capsys):
+    # Issue 13, 5: the columns had fixed widths, so big numbers ran into each other
+    # (`…826,3787,398…`). Paper channels (512) on a 65536-px input: 22-character shapes,
+    # 21-digit params (fc6) and 26-digit MACs (conv1_2).
+    argv = ["summary", "--arch", "((2,512),)", "--input-size", "65536", "--detail"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, rows = lines[0], [line for line in lines[2:] if not line.startswith("-")]
+    shape_at, params_end = header.index("output shape"), header.index("params") + len("params")
+    cells = re.compile(r"(\S+) +(\([\d, ]*\))? +([\d,]+) +([\d,]+)")
+    seen = {}
+    for line in rows:
+        m = cells.fullmatch(line)
+        assert m, line  # four columns, at least one space between each
+        if m[2]:
+            assert m.start(2) == shape_at, line
+        assert m.end(3) == params_end and m.end(4) == len(header), line  # right-aligned
+        seen[m[1]] = (m[3], m[4])
+    assert seen["conv1_2"][1] == f"{65536**2 * 9 * 512 * 512:,}"
+    assert seen["fc6"][0] == f"{32768**2 * 512 * 4096 + 4096:,}"
+    every = summarize(get_arch("((2,512),)"), input_size=65536, channels=1, num_classes=10)
+    assert seen["total"] == (f"{totals(every)['total_params']:,}", f"{totals(every)['total_macs']:,}")
+
+
+def test_default_table_layout_is_unchanged(capsys):
+    assert main(["summary"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{'layer':<14}{'output shape':<22}{'params':>14}{'MACs':>18}"
+    assert lines[2] == f"{'block1':<14}{'(1, 112, 112, 64)':<22}{640:>14,}{224 * 224 * 9 * 64:>18,}"
+
+
+@pytest.mark.parametrize(
+    "size, side, copies", [(32, 1, "49 copies of each value"), (64, 2, "49 values from 4")]
+)
+def test_adaptive_head_warns_when_it_enlarges_the_last_map(size, side, copies, capsys):
+    # Issue 13, 6: 1x1 pool5 silently became 7x7, a 25,088-wide fc6 where 512 would do.
+    assert main(["summary", "--head", "adaptive", "--input-size", str(size)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"warning: the adaptive pool enlarges pool5's {side}x{side} map to 7x7 ({copies}; fc6 takes "
+        f"25,088 inputs where {side * side * 512:,} would do); use --head flatten for inputs this small\n"
+    )
+    assert "fc6" in captured.out  # the table is still printed
+    with pytest.warns(AdaptiveUpsamplingWarning, match=f"{side}x{side} map to 7x7"):
+        warn_if_upsampling(get_arch("vgg11"), size, "adaptive")
+
+
+@pytest.mark.parametrize("argv", [["--head", "adaptive", "--input-size", "224"], ["--input-size", "32"]])
+def test_no_warning_when_the_map_is_not_enlarged(argv, capsys):
+    assert main(["summary", *argv]) == 0
+    assert capsys.readouterr().err == ""
+    assert adaptive_upsampling(get_arch("vgg11"), 224) is None
+    assert "6x6 map to 7x7 (49 values from 36;" in adaptive_upsampling(get_arch("vgg11"), 223)
+
+
+@pytest.mark.parametrize("head", ["flatten", "adaptive"])
+def test_pooling_with_a_head_is_an_error_in_the_model_too(head):
+    # Issue 13, 8: the pooling was silently ignored; summary and model share head_layers.
+    with pytest.raises(ArchError, match=f"the '{head}' head has none; choose --head none"):
+        summarize(get_arch("vgg11"), input_size=32, head=head, pooling="avg")
+    with pytest.raises(ArchError, match="choose --head none"):
+        VGG(get_arch("vgg11", width=0.125), head=head, pooling="max").init(
+            jax.random.key(0), jnp.zeros((1, 32, 32, 1), jnp.float32)
+        )

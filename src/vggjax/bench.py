@@ -40,6 +40,7 @@ from vggjax.config import TrainConfig
 from vggjax.errors import ConfigError, check_positive_int
 from vggjax.nn.impl import resolve_impl
 from vggjax.training import parallel
+from vggjax.training.memory import check_memory
 from vggjax.training.train import Steps, build_step
 
 MODES = ("train", "inference")
@@ -130,10 +131,12 @@ def build(config: BenchConfig, steps_per_epoch: int) -> Steps:
     """``build_step`` of ``config.train`` on a mesh over every device, as ``vggjax train`` builds it.
 
     Raises:
-      ConfigError: if the batch size does not split over the devices.
+      ConfigError: if the batch size does not split over the devices, or its train step
+        (which bounds inference's) would not fit in memory (``training.memory.check_memory``).
     """
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.train.batch_size, mesh)
+    check_memory(config.train, mesh, evaluation=False)
     return build_step(config.train, mesh, steps_per_epoch)
 
 

@@ -54,13 +54,15 @@ def _train_parser(sub) -> None:
 
 
 def _summary_parser(sub) -> None:
+    from vggjax.config import HEADS, POOLINGS
+
     p = _command(sub, "summary", commands.summary, "per-layer output shapes, parameters and MACs of a VGG")
     add_flags(p, ("arch", "width"), arch="vgg11", width=1.0)
     p.add_argument("--input-size", type=int, default=224, help="input side in pixels")
     p.add_argument("--channels", type=int, default=1, help="input channels")
     p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--head", default="flatten", choices=["flatten", "adaptive", "none"])
-    p.add_argument("--pooling", choices=["avg", "max"], help="global pooling with --head none")
+    p.add_argument("--head", default="flatten", choices=[*HEADS, "none"], help="none: the features alone")
+    p.add_argument("--pooling", choices=POOLINGS, help="global pooling of a headless model (--head none)")
     p.add_argument("--detail", action="store_true", help="one row per conv, ReLU and pool")
     p.add_argument("--json", action="store_true", help="print JSON")
 

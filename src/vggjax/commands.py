@@ -68,18 +68,20 @@ def train(args: argparse.Namespace) -> int:
 
 
 def summary(args: argparse.Namespace) -> int:
-    from vggjax.arch import get_arch
+    from vggjax.arch import get_arch, warn_if_upsampling
     from vggjax.arch.summary import format_table, summarize, to_json
 
+    arch, head = get_arch(args.arch, width=args.width), None if args.head == "none" else args.head
     rows = summarize(
-        get_arch(args.arch, width=args.width),
+        arch,
         input_size=args.input_size,
         channels=args.channels,
         num_classes=args.num_classes,
-        head=None if args.head == "none" else args.head,
+        head=head,
         pooling=args.pooling,
         detail=args.detail,
     )
+    warn_if_upsampling(arch, args.input_size, head)
     _out(to_json(rows) if args.json else format_table(rows))
     return 0
 

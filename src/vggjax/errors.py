@@ -132,6 +132,11 @@ def first_line(e: BaseException, limit: int | None = None) -> str:
     return line if limit is None else shorten(line, limit)
 
 
+class VggjaxWarning(UserWarning):
+    """Something that works but is likely not what was meant; the command line shows it as one
+    line on stderr, ``warning: <message>`` (see :func:`vggjax.runtime.run_command`)."""
+
+
 class StdoutError(VggjaxError):
     """Standard output cannot be written: it was closed (``>&-``) or its device is full."""
 

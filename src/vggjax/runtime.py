@@ -26,9 +26,10 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 
-from vggjax.errors import Interrupted, StdoutError, VggjaxError
+from vggjax.errors import Interrupted, StdoutError, VggjaxError, VggjaxWarning
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -112,13 +113,27 @@ def _discard_stdout() -> None:
         pass
 
 
+def _one_line_warnings(show: Callable) -> Callable:
+    """A ``warnings.showwarning`` that prints a :class:`VggjaxWarning` as ``warning: <message>``."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, VggjaxWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
 def run_command(command: Callable[[], int]) -> int:
     """Runs ``command`` (a parsed subcommand) and returns the process's exit status.
 
     0 (or what ``command`` returns: 1 when some ``predict`` files could not be read), a
     :class:`~vggjax.errors.VggjaxError`'s ``exit_code`` (2 bad input, 3 diverged, 74 stdout
     closed or full) after its one-line message on stderr, 130 Ctrl-C, 141 the reader of
-    stdout went away (``vggjax summary | head -3``), 143 SIGTERM.
+    stdout went away (``vggjax summary | head -3``), 143 SIGTERM. A
+    :class:`~vggjax.errors.VggjaxWarning` is shown each time it is raised, as one line on
+    stderr: ``warning: <message>``.
     """
     keep_freed_memory()  # before JAX allocates its first buffer
     # orbax logs through absl; what a user needs comes back to us as one error line
@@ -127,7 +142,10 @@ def run_command(command: Callable[[], int]) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
-        status = command()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", VggjaxWarning)
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            status = command()
         out()  # a closed pipe, or a closed or full stdout, shows here rather than at exit
         return status
     except BrokenPipeError:

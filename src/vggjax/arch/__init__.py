@@ -9,12 +9,15 @@ loads JAX, so ``vggjax summary`` and ``vggjax receptive-field`` start at once.
 
 from vggjax.arch.layout import (
     ADAPTIVE_SIDE,
+    AdaptiveUpsamplingWarning,
     Layer,
+    adaptive_upsampling,
     block_layers,
     feature_names,
     head_layers,
     is_layer_name,
     layers,
+    warn_if_upsampling,
 )
 from vggjax.arch.spec import (
     ALIASES,
@@ -33,9 +36,11 @@ __all__ = [
     "D2L_THIN",
     "ADAPTIVE_SIDE",
     "PAPER_CONFIGS",
+    "AdaptiveUpsamplingWarning",
     "Arch",
     "Block",
     "Layer",
+    "adaptive_upsampling",
     "block_layers",
     "blocks_from_tuple",
     "feature_names",
@@ -45,4 +50,5 @@ __all__ = [
     "layers",
     "names",
     "scale_width",
+    "warn_if_upsampling",
 ]

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import warnings
 
 from vggjax.arch.spec import Arch, Block
-from vggjax.errors import ArchError
+from vggjax.errors import ArchError, VggjaxWarning
 
 # torchvision's AdaptiveAvgPool2d((7, 7)): the side of the map the adaptive head flattens.
 ADAPTIVE_SIDE = 7
@@ -114,9 +115,14 @@ def head_layers(
       ``list[Layer]``: empty for a headless model without pooling.
 
     Raises:
-      ArchError: for an unknown head or pooling.
+      ArchError: for an unknown head or pooling, or a pooling with a head (which has none).
     """
     c = arch.out_channels
+    if head is not None and pooling is not None:
+        raise ArchError(
+            f"pooling {pooling!r} (--pooling) is a headless model's global pooling, and the {head!r} head "
+            "has none; choose --head none (head=None) to pool, or drop --pooling"
+        )
     if head is None:
         if pooling not in (None, "avg", "max"):
             raise ArchError(f"unknown pooling {pooling!r}; use 'avg', 'max' or None")
@@ -154,6 +160,42 @@ def layers(
         start = sum(layer.torchvision is not None for layer in out)
         out += block_layers(block, b, batch_norm=arch.batch_norm, lrn=arch.lrn and b == 1, start=start)
     return out + head_layers(arch, head=head, pooling=pooling, hidden=hidden, num_classes=num_classes)
+
+
+class AdaptiveUpsamplingWarning(VggjaxWarning):
+    """The adaptive head's pool enlarges a last map smaller than ``ADAPTIVE_SIDE`` on a side."""
+
+
+def adaptive_upsampling(arch: Arch, input_size: int | tuple[int, int]) -> str | None:
+    """What the adaptive head's pool does to a last map under 7×7; None if it shrinks or keeps it.
+
+    On an ``h × w`` last map with a side below ``ADAPTIVE_SIDE`` the pool makes a 7×7 map
+    of copies and averages of its values, and fc6 takes ``7·7·C`` inputs where ``h·w·C``
+    carry everything; ``head="flatten"`` is the head for inputs that small.
+
+    Args:
+      arch: the architecture.
+      input_size: the input side in pixels, or ``(H, W)``.
+    """
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    h, w = h >> len(arch.blocks), w >> len(arch.blocks)  # each 2x2 pool floors
+    if min(h, w) >= ADAPTIVE_SIDE:
+        return None
+    side, c = ADAPTIVE_SIDE, arch.out_channels
+    made = f"{side * side} copies of each value" if h * w == 1 else f"{side * side} values from {h * w}"
+    return (
+        f"the adaptive pool enlarges pool{len(arch.blocks)}'s {h}x{w} map to {side}x{side} ({made}; "
+        f"fc6 takes {side * side * c:,} inputs where {h * w * c:,} would do); "
+        "use --head flatten for inputs this small"
+    )
+
+
+def warn_if_upsampling(arch: Arch, input_size: int | tuple[int, int], head: str | None) -> None:
+    """Warns (:class:`AdaptiveUpsamplingWarning`) when ``head`` is ``"adaptive"`` and its pool
+    enlarges the last map (see :func:`adaptive_upsampling`)."""
+    message = adaptive_upsampling(arch, input_size) if head == "adaptive" else None
+    if message:
+        warnings.warn(message, AdaptiveUpsamplingWarning, stacklevel=2)
 
 
 # Head layers that are steps inside a stage, not features: no tap returns them.

@@ -156,12 +156,25 @@ def to_json(rows: list[Row]) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    """A fixed-width text table with totals, as ``vggjax summary`` prints it."""
-    header = f"{'layer':<14}{'output shape':<22}{'params':>14}{'MACs':>18}"
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        shape = "(" + ", ".join(map(str, r.output_shape)) + ")"
-        lines.append(f"{r.label:<14}{shape:<22}{r.params:>14,}{r.macs:>18,}")
+    """A text table with totals, as ``vggjax summary`` prints it.
+
+    Columns: layer and output shape left-aligned, params and MACs right-aligned with
+    thousands separators; each column is as wide as its widest entry (at least the width
+    of the default table's), with two spaces between columns.
+    """
     t = totals(rows)
-    lines += ["-" * len(header), f"{'total':<36}{t['total_params']:>14,}{t['total_macs']:>18,}"]
-    return "\n".join(lines)
+    cells = [
+        (r.label, "(" + ", ".join(map(str, r.output_shape)) + ")", f"{r.params:,}", f"{r.macs:,}")
+        for r in rows
+    ]
+    total = ("total", "", f"{t['total_params']:,}", f"{t['total_macs']:,}")
+    header = ("layer", "output shape", "params", "MACs")
+    widths = [max(len(c[i]) for c in [header, total, *cells]) for i in range(4)]
+    widths = [max(w, least) for w, least in zip(widths, (12, 20, 14, 16), strict=True)]
+
+    def line(c: tuple[str, ...]) -> str:
+        name, shape, params, macs = widths
+        return f"{c[0]:<{name}}  {c[1]:<{shape}}  {c[2]:>{params}}  {c[3]:>{macs}}"
+
+    rule = "-" * (sum(widths) + 6)
+    return "\n".join([line(header), rule, *map(line, cells), rule, line(total)])

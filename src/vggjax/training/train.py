@@ -22,6 +22,7 @@ from pathlib import Path
 import jax
 
 from vggjax import data
+from vggjax.arch.layout import warn_if_upsampling
 from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
 from vggjax.interop import hub, pretrained
@@ -37,6 +38,7 @@ from vggjax.run.report import write_report
 from vggjax.run.resume import already_complete, check_same_model
 from vggjax.training import parallel
 from vggjax.training.loop import Trainer, evaluate, warn_if_stuck
+from vggjax.training.memory import check_memory
 from vggjax.training.optim import make_optimizer, make_schedule
 from vggjax.training.steps import TrainState, create_train_state, eval_step, train_step
 
@@ -132,8 +134,9 @@ def train_and_evaluate(
 
     Raises:
       ConfigError, ArchError: for invalid settings or an unusable ``run_dir``, including
-        a ``batch_size`` or ``eval_batch_size`` that does not split over the devices, or a
-        network that differs from the ``init_from`` run's.
+        a ``batch_size`` or ``eval_batch_size`` that does not split over the devices, a
+        step estimated not to fit in memory (:func:`vggjax.training.memory.check_memory`),
+        or a network that differs from the ``init_from`` run's.
       DataError: when Fashion-MNIST cannot be found, downloaded or read.
       CheckpointError: when resuming a folder that is not a run, has no checkpoint,
         or whose newest checkpoint is truncated or from another model; when the
@@ -159,6 +162,8 @@ def train_and_evaluate(
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, flag="--eval-batch-size")
+    check_memory(config, mesh)
+    warn_if_upsampling(config.resolved_arch(), config.image_size, config.head)
     main = parallel.is_main_process()
     progress, log = progress and main, log if main else (lambda s: None)
     if resume:
