@@ -342,3 +342,39 @@ def test_train_init_from_takes_a_name(tiny_named):
         variables["params"]["block1"]["conv1"]["kernel"],
         module.features[0].weight.detach().numpy().transpose(2, 3, 1, 0),
     )
+
+
+def test_export_takes_a_name(tiny_named, tmp_path):
+    import onnxruntime as ort
+
+    w, file, _ = tiny_named
+    assert main(["export", "vgg11", "--out", str(tmp_path / "named.onnx")]) == 0
+    argv = ["--arch", "vgg11", "--width", "0.125"]
+    assert main(["export", str(file), "--out", str(tmp_path / "file.onnx"), *argv]) == 0
+    x = np.random.default_rng(0).random((2, 224, 224, 3), np.float32)
+    got = [
+        ort.InferenceSession(str(tmp_path / f"{n}.onnx"), providers=["CPUExecutionProvider"]).run(
+            None, {"images": x}
+        )[0]
+        for n in ("named", "file")
+    ]
+    assert got[0].shape == (2, 12)
+    np.testing.assert_array_equal(got[0], got[1])
+
+
+def test_lpips_trunk_takes_a_name(server, home, monkeypatch, tmp_path):
+    import jax
+    import torch
+    from torch_vgg import make_torch_vgg
+
+    from vggjax.perceptual.weights import read_trunk
+
+    state = make_torch_vgg("vgg16", hidden=8, num_classes=2).state_dict()
+    features = {k: v for k, v in state.items() if k.startswith("features.")}
+    torch.save(features, tmp_path / "trunk.pth")
+    serve(server, monkeypatch, (tmp_path / "trunk.pth").read_bytes(), arch="vgg16")
+    by_name, by_file = read_trunk("vgg16"), read_trunk(tmp_path / "trunk.pth")
+    assert jax.tree.structure(by_name) == jax.tree.structure(by_file)
+    jax.tree.map(np.testing.assert_array_equal, by_name, by_file)
+    assert len(jax.tree.leaves(by_name)) == 26  # VGG-16's 13 convs, kernel and bias
+    assert all(np.abs(a).sum() > 0 for a in jax.tree.leaves(by_name))

@@ -204,7 +204,11 @@ def _model_export_parser(sub) -> None:
         "vggjax: ONNX (checked by onnx.checker; pip install 'vggjax[onnx]') or StableHLO serialized "
         "by jax.export, with a JSON sidecar FILE.json. Input NHWC images; prints each input and output.",
     )
-    p.add_argument("source", metavar="RUN_DIR", help="a run folder, or a torchvision .pth/.safetensors file")
+    p.add_argument(
+        "source",
+        metavar="RUN_DIR",
+        help="a run folder, a torchvision .pth/.safetensors file, or a weights name such as vgg16",
+    )
     p.add_argument("--format", help="onnx or stablehlo (default: from --out's suffix .onnx/.stablehlo)")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
     p.add_argument("--batch", type=int, metavar="N", help="a fixed batch size (default: any batch)")
@@ -265,7 +269,11 @@ def _lpips_parser(sub) -> None:
         "--dir-a", metavar="DIR", help="a folder of images; compared with --dir-b's of the same name"
     )
     p.add_argument("--dir-b", metavar="DIR", help="the other folder")
-    p.add_argument("--trunk", metavar="FILE", help="torchvision VGG-16 state_dict, e.g. vgg16-397923af.pth")
+    p.add_argument(
+        "--trunk",
+        metavar="FILE",
+        help="torchvision VGG-16 state_dict (e.g. vgg16-397923af.pth), or the name vgg16",
+    )
     p.add_argument(
         "--lin", metavar="FILE", help="lin weights (default: the installed lpips package's vgg.pth)"
     )

@@ -94,9 +94,17 @@ def trunk_variables(state: Mapping[str, np.ndarray], source: str = "the trunk fi
 def read_trunk(path: str | Path) -> dict:
     """:func:`trunk_variables` of a file (``.pth`` or ``.safetensors``, read without torch).
 
+    ``path`` may also be a weights name, ``vgg16`` or ``vgg16:IMAGENET1K_FEATURES``
+    (:mod:`vggjax.interop.hub`: downloaded once into the cache, SHA-256 checked).
+
     Raises:
       CheckpointError: for an unreadable file or one without VGG-16's ``features.*``.
     """
+    from vggjax.interop import hub
+
+    named = hub.named(path)
+    if named is not None:  # "vgg16" or "vgg16:IMAGENET1K_FEATURES": torchvision's file by name
+        path = hub.weights_file(named.arch, named.name)
     if not Path(path).is_file():
         raise CheckpointError(f"no trunk file at {path}; {TRUNK_HINT}")
     return trunk_variables(torchfile.read_state_dict(path), f"the trunk file {path}")

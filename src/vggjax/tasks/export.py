@@ -87,8 +87,9 @@ def load_source(
     """A run folder, or a torchvision VGG file converted as ``vggjax convert-torchvision`` does.
 
     Args:
-      source: a folder from ``vggjax train`` / ``convert-torchvision``, or a ``.pth`` /
-        ``.safetensors`` torchvision state_dict (then ``arch`` is needed).
+      source: a folder from ``vggjax train`` / ``convert-torchvision``, a ``.pth`` /
+        ``.safetensors`` torchvision state_dict (then ``arch`` is needed), or a weights
+        name such as ``vgg16`` (see :mod:`vggjax.interop.hub`; downloaded once, hash-checked).
       checkpoint: a weights folder to use instead of the run's ``weights/``.
       arch, width, dataset: what a torchvision file holds (see
         :func:`vggjax.interop.pretrained.convert_torchvision`).
@@ -99,6 +100,11 @@ def load_source(
       ConfigError: for a torchvision file without ``arch``.
     """
     path = Path(source)
+    from vggjax.interop import hub
+
+    named = hub.named(source)
+    if named is not None:  # torchvision's weights by name (vgg16, vgg16_bn:IMAGENET1K_V1, …)
+        return hub.load_run(named, log=lambda _: None)
     if not (path.is_file() and path.suffix in TORCHVISION_FILES):
         return RunDir(path).load(checkpoint)
     if arch is None:
