@@ -9,8 +9,9 @@ import pytest
 
 from vggjax.arch import get_arch
 from vggjax.arch.memory import estimate_memory, gib
-from vggjax.config import PRESETS, TrainConfig
+from vggjax.config import TrainConfig
 from vggjax.errors import ConfigError
+from vggjax.presets import PRESETS
 from vggjax.training import memory, parallel
 from vggjax.training.train import build_step
 

@@ -3,8 +3,9 @@ import math
 
 import pytest
 
-from vggjax.config import PRESETS, TrainConfig
+from vggjax.config import TrainConfig
 from vggjax.errors import ArchError, ConfigError
+from vggjax.presets import PRESETS
 from vggjax.training.train import _warn_if_stuck, train_and_evaluate
 
 SMALL = TrainConfig(

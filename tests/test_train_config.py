@@ -9,8 +9,9 @@ import re
 
 import pytest
 
-from vggjax.config import PRESETS, TrainConfig
+from vggjax.config import TrainConfig
 from vggjax.errors import CheckpointError, ConfigError
+from vggjax.presets import PRESETS
 from vggjax.run.folder import RunDir
 from vggjax.run.resume import train_config
 

@@ -28,10 +28,10 @@ def _command(sub, name: str, func, help: str, description: str | None = None) ->
 
 
 def _train_parser(sub) -> None:
-    from vggjax.config import PRESETS
+    from vggjax.presets import PRESETS
 
     p = _command(sub, "train", commands.train, "train a VGG on Fashion-MNIST")
-    p.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (see vggjax.config.PRESETS)")
+    p.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (see vggjax.presets.PRESETS)")
     add_flags(p)
     p.add_argument("--out", help="run folder (default runs/<timestamp>)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")

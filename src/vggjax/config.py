@@ -260,35 +260,3 @@ def add_flags(p: argparse.ArgumentParser, names: Sequence[str] | None = None, **
         else:
             metavar = f.metadata["metavar"] or (None if f.metadata["choices"] else flag[2:].upper())
             p.add_argument(flag, type=kind, choices=f.metadata["choices"], metavar=metavar, **given)
-
-
-PRESETS: dict[str, TrainConfig] = {
-    # Default: thin VGG-11 at 32×32, tuned for a 2-core CPU.
-    #   vggjax train
-    "default": TrainConfig(),
-    # The d2l chapter's exact setting: thin VGG-11 at 224×224, batch 128, plain SGD
-    # with lr 0.01, 10 epochs; for a GPU.
-    #   vggjax train --preset d2l
-    "d2l": TrainConfig(
-        image_size=224,
-        epochs=10,
-        batch_size=128,
-        lr=0.01,
-        momentum=0.0,
-        weight_decay=0.0,
-        schedule="constant",
-        init_scheme="he",
-    ),
-}
-
-
-def get_preset(name: str) -> TrainConfig:
-    """A named preset.
-
-    Raises:
-      ConfigError: for an unknown name, listing the known ones.
-    """
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}") from None

@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vggjax.config import TrainConfig, flag_name, get_preset
+from vggjax.config import TrainConfig, flag_name
 from vggjax.errors import ConfigError, shorten
 from vggjax.interop import hub
+from vggjax.presets import get_preset
 from vggjax.run.files import read_jsonl
 from vggjax.run.folder import RunDir
 from vggjax.run.meta import Position

@@ -1,0 +1,41 @@
+"""Named training presets: ``vggjax train --preset NAME`` starts from one, flags override its fields.
+
+Each preset's comment gives the command and, where measured, the result it reaches; the
+recipes table in ``docs/training.md`` has the figures (``benchmarks/recipes.py``).
+"""
+
+from __future__ import annotations
+
+from vggjax.config import TrainConfig
+from vggjax.errors import ConfigError
+
+PRESETS: dict[str, TrainConfig] = {
+    # Default: thin VGG-11 at 32×32, tuned for a 2-core CPU.
+    #   vggjax train
+    "default": TrainConfig(),
+    # The d2l chapter's exact setting: thin VGG-11 at 224×224, batch 128, plain SGD
+    # with lr 0.01, 10 epochs; for a GPU.
+    #   vggjax train --preset d2l
+    "d2l": TrainConfig(
+        image_size=224,
+        epochs=10,
+        batch_size=128,
+        lr=0.01,
+        momentum=0.0,
+        weight_decay=0.0,
+        schedule="constant",
+        init_scheme="he",
+    ),
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    """A named preset.
+
+    Raises:
+      ConfigError: for an unknown name, listing the known ones.
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}") from None
