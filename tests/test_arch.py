@@ -15,6 +15,7 @@ from vggjax.arch import (
     names,
     scale_width,
 )
+from vggjax.arch.summary import summarize
 from vggjax.errors import ArchError
 
 
@@ -256,3 +257,17 @@ def test_width_is_bounded_by_the_channels_it_gives():
         assert str(e.value) == f"{message} (32x VGG's widest, 512); use a width of at most 32"
     with pytest.raises(ArchError, match=r"gives block 1 20,000 channels, .*; use a width of at most 8.192$"):
         get_arch("((1,2000),)", width=10)
+
+
+@pytest.mark.parametrize("name, paper", [("vgg11_28", "vgg11"), ("VGG16_28_bn", "vgg16_bn")])
+def test_native_28_variants_are_the_first_four_blocks(name, paper):
+    arch, full = get_arch(name), get_arch(paper)
+    assert arch.blocks == full.blocks[:4] and arch.batch_norm == full.batch_norm
+    assert arch.name == name.lower() and arch.min_input_size == 16
+
+
+def test_native_28_variant_pools_28_to_1():
+    arch = get_arch("vgg11_28", width=0.25)
+    rows = {r.name: r.output_shape for r in summarize(arch, input_size=28, channels=1, detail=True)}
+    assert [rows[f"pool{i}"][1:3] for i in range(1, 5)] == [(14, 14), (7, 7), (3, 3), (1, 1)]
+    assert rows["flatten"] == (1, 128) and "pool5" not in rows

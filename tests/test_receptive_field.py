@@ -96,7 +96,7 @@ def support(grad):
 DILATED = "((2,8,3,(1,2)),(3,8,3,(1,2,3)),(2,8,(3,1),(2,5)),(1,8,5,2))"
 
 
-@pytest.mark.parametrize("arch", ["vgg11", "vgg16", "C", DILATED])
+@pytest.mark.parametrize("arch", ["vgg11", "vgg16", "C", "vgg11_28", DILATED])
 def test_closed_form_matches_gradient_measurement(arch):
     size = 256
     spec = get_arch(arch)

@@ -1,6 +1,7 @@
 """VGG architectures as data, and what follows from the arch alone (pure Python, no JAX).
 
-:mod:`~vggjax.arch.spec` holds the blocks, names and paper configurations;
+:mod:`~vggjax.arch.spec` holds the blocks and their parsing; :mod:`~vggjax.arch.named`
+the paper's named configurations and :func:`get_arch`;
 :mod:`~vggjax.arch.layout` the layer list (head included, with torchvision's module names);
 :mod:`~vggjax.arch.summary` the per-layer shapes, parameters and MACs;
 :mod:`~vggjax.arch.receptive_field` the receptive fields. Importing any of them never
@@ -19,17 +20,8 @@ from vggjax.arch.layout import (
     layers,
     warn_if_upsampling,
 )
-from vggjax.arch.spec import (
-    ALIASES,
-    D2L_THIN,
-    PAPER_CONFIGS,
-    Arch,
-    Block,
-    blocks_from_tuple,
-    get_arch,
-    names,
-    scale_width,
-)
+from vggjax.arch.named import ALIASES, D2L_THIN, PAPER_CONFIGS, get_arch, names
+from vggjax.arch.spec import Arch, Block, blocks_from_tuple, scale_width
 
 __all__ = [
     "ALIASES",
