@@ -110,7 +110,9 @@ class TrainConfig:
         "only class counts unlike the official ones are warned of)",
         flag="no-verify-data",
     )
-    limit_train: int | None = option(None, "use the first N training examples", metavar="N", positive=True)
+    limit_train: int | None = option(
+        None, "use the first N training examples not held out for validation", metavar="N", positive=True
+    )
     limit_test: int | None = option(None, "use the first N test examples", metavar="N", positive=True)
     val_size: int = option(
         5000,
