@@ -34,12 +34,19 @@ def fashion_small():
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """A real one-epoch run (512 training images, thin VGG-11 at 32x32) and its config."""
+    """A real one-epoch run (512 training images, 200 held out for validation, thin VGG-11 at 32x32)."""
     from vggjax.config import TrainConfig
     from vggjax.training.train import train_and_evaluate
 
     config = TrainConfig(
-        limit_train=512, limit_test=256, width=0.25, hidden=128, dropout_rate=0.0, batch_size=16, epochs=1
+        limit_train=512,
+        limit_test=256,
+        val_size=200,
+        width=0.25,
+        hidden=128,
+        dropout_rate=0.0,
+        batch_size=16,
+        epochs=1,
     )
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
     train_and_evaluate(config, run_dir, progress=False, log=lambda s: None)

@@ -62,6 +62,8 @@ def test_train_one_epoch_writes_run_folder(tmp_path):
         "1",
         "--hidden",
         "128",
+        "--val-size",
+        "200",
         "--no-progress",
         "--out",
         str(out),
@@ -70,7 +72,7 @@ def test_train_one_epoch_writes_run_folder(tmp_path):
     assert "test accuracy" in p.stdout and "preset default" in p.stdout
     assert {"config.json", "metrics.jsonl", "curves.png", "weights"} <= set(os.listdir(out))
     record = json.loads((out / "metrics.jsonl").read_text())
-    assert record["epoch"] == 1 and 0.0 <= record["val_acc"] <= 1.0
+    assert record["epoch"] == 1 and 0.0 <= record["val_acc"] <= 1.0 and 0.0 <= record["test_acc"] <= 1.0
     again = run("train", "--limit-train", "512", "--epochs", "1", "--out", str(out))
     assert again.returncode == 2 and "already holds a vggjax run; pass --resume" in again.stderr
 

@@ -57,11 +57,16 @@ def test_eval_counts_match_an_independent_forward_pass(tiny_run):
 
 
 def test_eval_agrees_with_the_training_loop(tiny_run):
-    last = read_jsonl(tiny_run / "metrics.jsonl")[-1]  # trained with limit_test=256
+    last = read_jsonl(tiny_run / "metrics.jsonl")[-1]  # trained with limit_test=256, val_size=200
     report = evaluate_run(tiny_run, limit_test=256, batch_size=128, num_mistakes=0)
-    assert report["acc"] == pytest.approx(last["val_acc"], abs=1e-9)
-    assert report["acc5"] == pytest.approx(last["val_acc5"], abs=1e-9)
-    assert report["loss"] == pytest.approx(last["val_loss"], rel=1e-4)
+    assert report["split"] == "test" and report["count"] == 256
+    assert report["acc"] == pytest.approx(last["test_acc"], abs=1e-9)
+    assert report["acc5"] == pytest.approx(last["test_acc5"], abs=1e-9)
+    assert report["loss"] == pytest.approx(last["test_loss"], rel=1e-4)
+    val = evaluate_run(tiny_run, batch_size=128, num_mistakes=0, split="val")  # rebuilt from the config
+    assert val["split"] == "val" and val["count"] == 200
+    assert val["acc"] == pytest.approx(last["val_acc"], abs=1e-9)
+    assert val["loss"] == pytest.approx(last["val_loss"], rel=1e-4)
 
 
 def test_cli_eval_json(tiny_run, capsys):

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny import TINY_FLAGS, tiny_config
+from tiny import TINY_TRAIN_FLAGS, tiny_config
 
 from vggjax import data
 from vggjax.cli import main
@@ -148,9 +148,13 @@ def setup_case(case: str, tmp_path: Path) -> tuple[list[str], Path]:
     }
     if case in idx:
         return [*new, "--data-dir", str(data_dir_with(tmp_path, idx[case]))], out
+    if case.startswith("val-size") and "data" in case:  # the 100 training images below
+        small = ["--data-dir", str(data_dir_with_100_train_images(tmp_path)), "--no-verify-data"]
+        sizes = [] if case == "val-size above the data" else ["--val-size", "50", "--batch-size", "64"]
+        return [*new, *small, *sizes], out
     if case == "batch above all the data":  # --limit-train above the 100 training images there are
         small = ["--data-dir", str(data_dir_with_100_train_images(tmp_path)), "--no-verify-data"]
-        return [*new, *small, "--limit-train", "1000", "--batch-size", "128"], out
+        return [*new, *small, "--limit-train", "1000", "--batch-size", "128", "--val-size", "0"], out
     return [*new, *CASES[case][0]], out
 
 
@@ -234,6 +238,25 @@ CASES = {
         [],
         "--batch-size 128 is larger than the 100 training examples; the data holds no more, so lower "
         "--batch-size to 100 or less",
+    ),
+    # --- the validation split (issue 15, 1)
+    "val-size negative": (
+        ["--val-size", "-1"],
+        "--val-size must be an integer >= 0 (0 validates on the test split), got -1",
+    ),
+    "val-size leaves less than a batch": (
+        ["--val-size", "59950"],
+        "--val-size 59950 leaves 50 of the 60000 training images, fewer than --batch-size 128; lower "
+        "--val-size or --batch-size",
+    ),
+    "val-size above the data": (
+        [],
+        "--val-size 5000 is more than the 100 training images there are; lower --val-size",
+    ),
+    "val-size leaves less than a batch of the data": (
+        [],
+        "--batch-size 64 is larger than the 50 training examples; 50 more are held out for validation, "
+        "so lower --batch-size or --val-size",
     ),
     # --- resource bounds (issue 13: 5): refused before the run folder is made
     "image size astronomical": (
@@ -328,7 +351,7 @@ def test_eval_with_emptied_weights_file_prints_only_the_error_line(tmp_path):
 
 def test_far_too_high_lr_stops_at_first_non_finite_step(tmp_path, capsys):
     out = tmp_path / "run"
-    flags = ["--arch", "vgg11_bn", *TINY_FLAGS, "--batch-size", "16"]
+    flags = ["--arch", "vgg11_bn", *TINY_TRAIN_FLAGS, "--batch-size", "16"]
     flags += ["--limit-train", "512", "--limit-test", "64", "--lr", "10", "--momentum", "0"]
     flags += ["--schedule", "constant", "--checkpoint-every", "1", "--no-progress", "--out", str(out)]
     assert main(["train", *flags]) == 3
@@ -703,7 +726,17 @@ def test_resume_of_a_run_stopped_before_its_final_files_is_not_finished(tmp_path
 @pytest.mark.slow
 def test_resume_of_a_trained_finished_run_touches_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    flags = [*TINY_FLAGS, "--limit-train", "64", "--limit-test", "64", "--epochs", "1", "--batch-size", "16"]
+    flags = [
+        *TINY_TRAIN_FLAGS,
+        "--limit-train",
+        "64",
+        "--limit-test",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+    ]
     assert main(["train", "--no-progress", *flags, "--out", str(out)]) == 0
     capsys.readouterr()
     before = timed_snapshot(out)
@@ -912,6 +945,27 @@ def export_batch_and_dynamic_batch(tmp_path):
 @command_case
 def export_zero_batch(tmp_path):
     return *export_case(tmp_path, "--batch", "0"), "--batch must be a positive integer, got 0"
+
+
+# --- the validation split (issue 15, 1)
+
+
+@command_case
+def eval_split_val_of_a_test_validated_run(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(_export_template(), run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "val_size": 0}))
+    message = "has no validation split (val_size 0: it validated on the test split); drop --split val"
+    return ["eval", str(run), "--split", "val"], tmp_path, message
+
+
+@command_case
+def eval_split_val_with_limit_test(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(_export_template(), run)
+    argv = ["eval", str(run), "--split", "val", "--limit-test", "10"]
+    return argv, tmp_path, "--limit-test limits the test split; drop it with --split val"
 
 
 @pytest.mark.parametrize("case", list(COMMAND_CASES))

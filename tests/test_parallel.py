@@ -18,7 +18,7 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from tiny import TINY_FLAGS, tiny_config
+from tiny import TINY_TRAIN_FLAGS, tiny_config
 
 from vggjax.cli import main
 from vggjax.errors import ConfigError
@@ -29,7 +29,7 @@ from vggjax.training.train import train_and_evaluate
 # The README's commands use exactly these flags.
 ARGS = [
     "--limit-train", "256", "--limit-test", "128", "--epochs", "2", "--batch-size", "32",
-    "--eval-batch-size", "64", *TINY_FLAGS, "--no-progress",
+    "--eval-batch-size", "64", *TINY_TRAIN_FLAGS, "--no-progress",
 ]  # fmt: skip
 CONFIG = tiny_config(limit_train=256, limit_test=128, epochs=2, batch_size=32, eval_batch_size=64)
 DEADLINE = 420  # seconds for a whole multi-process run on a busy 2-core machine

@@ -11,7 +11,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from tiny import TINY_FLAGS, tiny_config
+from tiny import TINY_TRAIN_FLAGS, tiny_config
 
 from vggjax.config import TrainConfig
 from vggjax.errors import Interrupted
@@ -36,7 +36,7 @@ CONFIG = tiny_config(
     checkpoint_every=5,
 )
 FLAGS = [
-    "--arch", "vgg11_bn", *TINY_FLAGS, "--dropout", "0.5",
+    "--arch", "vgg11_bn", *TINY_TRAIN_FLAGS, "--dropout", "0.5",
     "--batch-size", "16", "--eval-batch-size", "128", "--epochs", "2", "--lr", "0.02",
     "--schedule", "constant", "--limit-train", "512", "--limit-test", "128", "--checkpoint-every", "5",
 ]  # fmt: skip

@@ -127,7 +127,18 @@ def test_train_overwrite_leaves_nothing_of_the_old_run(tiny_run, tmp_path, capsy
     old_events = sorted(p.name for p in out.glob("events.out.tfevents.*"))
     assert len(old_events) == 1 and "Test evaluation" in (out / "report.html").read_text()
     assert all((out / name).is_file() for name in ("eval.json", "confusion.png", "mistakes.png"))
-    flags = ["--width", "0.125", "--hidden", "32", "--limit-train", "64", "--limit-test", "64"]
+    flags = [
+        "--width",
+        "0.125",
+        "--hidden",
+        "32",
+        "--limit-train",
+        "64",
+        "--limit-test",
+        "64",
+        "--val-size",
+        "200",
+    ]
     flags += ["--batch-size", "32", "--epochs", "1", "--no-progress", "--out", str(out), "--overwrite"]
     assert main(["train", *flags]) == 0
     capsys.readouterr()
@@ -156,7 +167,7 @@ def test_train_init_from_reads_the_weights_once(tiny_run, tmp_path, monkeypatch,
         return restore(self, directory, *args, **kwargs)
 
     monkeypatch.setattr(ocp.StandardCheckpointer, "restore", counting_restore)
-    flags = ["--init-from", str(tiny_run), "--limit-train", "64", "--limit-test", "64"]
+    flags = ["--init-from", str(tiny_run), "--limit-train", "64", "--limit-test", "64", "--val-size", "200"]
     flags += ["--batch-size", "32", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "ft")]
     assert main(["train", *flags]) == 0
     assert f"initialised from {tiny_run}" in capsys.readouterr().out

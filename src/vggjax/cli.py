@@ -73,13 +73,21 @@ def _eval_parser(sub) -> None:
         "eval",
         commands.evaluate,
         "score a trained run on the Fashion-MNIST test split",
-        "Score a run on the test split: loss, top-1/top-5, per-class scores, confusion matrix. Writes "
-        "eval.json, confusion.png, mistakes.png and report.html into RUN_DIR.",
+        "Score a run on the test split (or with --split val on the validation split its training held "
+        "out): loss, top-1/top-5, per-class scores, confusion matrix. Writes eval.json, confusion.png, "
+        "mistakes.png and report.html into RUN_DIR.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by vggjax train")
     p.add_argument("--checkpoint", help="weights folder to use instead of RUN_DIR/weights")
     p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files")
     p.add_argument("--limit-test", type=int, metavar="N", help="score only the first N test images")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val"),
+        help="test (default), or val: the training images the run held out (rebuilt from its seed and "
+        "val_size)",
+    )
     p.add_argument("--batch-size", type=int, default=500, help="images per device call")
     p.add_argument("--mistakes", type=int, default=32, metavar="N", help="images in mistakes.png")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")

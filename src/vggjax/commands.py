@@ -63,7 +63,7 @@ def train(args: argparse.Namespace) -> int:
         config, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress
     )
     if main:
-        _out(f"test accuracy {final['val_acc']:.4f} after {final['epoch']} epochs; results in {out}")
+        _out(f"test accuracy {final['test_acc']:.4f} after {final['epoch']} epochs; results in {out}")
     return 0
 
 
@@ -97,6 +97,7 @@ def evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_mistakes=args.mistakes,
         verify_data=args.verify_data,
+        split=args.split,
     )
     done = f"wrote eval.json, confusion.png, mistakes.png and report.html in {args.run_dir}"
     _print(args, report, f"{format_report(report)}\n{done}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vggjax.arch import Arch, get_arch
+from vggjax.data.fashion_mnist import NUM_CLASSES, PER_CLASS
 from vggjax.errors import ConfigError, check_positive_int
 from vggjax.preprocessing import PREPROCESSING, Preprocessing
 
@@ -109,8 +110,19 @@ class TrainConfig:
         "only class counts unlike the official ones are warned of)",
         flag="no-verify-data",
     )
-    limit_train: int | None = option(None, "use the first N training examples", metavar="N", positive=True)
+    limit_train: int | None = option(
+        None, "use the first N training examples not held out for validation", metavar="N", positive=True
+    )
     limit_test: int | None = option(None, "use the first N test examples", metavar="N", positive=True)
+    val_size: int = option(
+        5000,
+        "training images held out for validation, stratified by class and fixed by --seed; 0 "
+        "validates on the test split, as the d2l chapter does",
+        metavar="N",
+    )
+    eval_test_every_epoch: bool = option(
+        False, "also score the test split after every epoch (by default only once, at the end)"
+    )
     checkpoint_every: int | None = option(
         None, "also checkpoint every N steps (default: at the end of each epoch)", metavar="N", positive=True
     )
@@ -177,6 +189,7 @@ class TrainConfig:
         # jax.random.key keeps 32 bits (2**32 seeds as 0) and NumPy's shuffle rejects negatives
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"--seed must be an integer in [0, 2**32), got {self.seed!r}")
+        self._check_val_size()
         for f in dataclasses.fields(self):
             allowed, value = f.metadata["choices"], getattr(self, f.name)
             if allowed and value not in allowed:
@@ -190,6 +203,20 @@ class TrainConfig:
             )
         return self
 
+    def _check_val_size(self) -> None:
+        """``val_size`` is an integer >= 0 that leaves at least a batch of the official training images."""
+        size = self.val_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ConfigError(
+                f"--val-size must be an integer >= 0 (0 validates on the test split), got {size!r}"
+            )
+        total = PER_CLASS["train"] * NUM_CLASSES
+        if total - size < self.batch_size:
+            raise ConfigError(
+                f"--val-size {size} leaves {max(total - size, 0)} of the {total} training images, fewer "
+                f"than --batch-size {self.batch_size}; lower --val-size or --batch-size"
+            )
+
     def to_json(self) -> str:
         """The config as indented JSON (the content of ``config.json``)."""
         prep = self.preprocessing._asdict() if self.preprocessing else None
@@ -199,6 +226,9 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Builds a config from ``config.json`` content.
 
+        A config without ``val_size`` (runs written before it existed, which validated on the
+        test split) loads with ``val_size=0``, so such a run evaluates and resumes as it ran.
+
         Raises:
           ConfigError: for a key that is not a config field.
         """
@@ -206,6 +236,7 @@ class TrainConfig:
         unknown = set(data) - names
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(names)}")
+        data = {"val_size": 0, **data}  # older runs: the test split was their validation
         prep = data.get("preprocessing")  # absent from runs written before it was recorded
         if prep is not None:
             if not isinstance(prep, dict) or set(prep) != set(Preprocessing._fields):

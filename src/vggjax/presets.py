@@ -25,6 +25,7 @@ PRESETS: dict[str, TrainConfig] = {
         weight_decay=0.0,
         schedule="constant",
         init_scheme="he",
+        val_size=0,  # the chapter validates (and so selects) on the test split
     ),
 }
 

@@ -110,6 +110,21 @@ def load_split(
     return {"image": images[..., None], "label": labels.astype(np.int32)}
 
 
+def check_split(
+    split: str, data_dir: str | os.PathLike | None = None, *, download: bool = False, verify: bool = True
+) -> None:
+    """Checks one split's files as :func:`load_split` does, and keeps none of their data.
+
+    Training calls it at start for the test split, which it reads only at the end, so that
+    a missing or corrupt test file stops a run before anything is written. It reads the
+    label file and (``verify``) hashes the images file, but returns no image or label.
+
+    Raises:
+        DataError: as :func:`load_split`.
+    """
+    load_split(split, data_dir, limit=1, download=download, verify=verify)
+
+
 def _warn_on_class_counts(split: str, path: Path, labels: np.ndarray) -> None:
     """Warn if the labels of a whole split do not hold :data:`PER_CLASS` examples of each class."""
     counts = np.bincount(labels, minlength=NUM_CLASSES).tolist()

@@ -6,15 +6,20 @@ global optimiser step:
     train/loss, train/images_per_s   every ``LOG_EVERY`` steps (values the loop has already
                                      brought to the host; no extra device sync)
     train/epoch_loss, train/epoch_acc, val/loss, val/acc, val/acc5   once per epoch
+    test/loss, test/acc, test/acc5   at the last step (every epoch with --eval-test-every-epoch
+                                     or --val-size 0, when the test split is the validation)
     config (text)                    the run's config.json, once
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tensorboardX import SummaryWriter
+
+from vggjax.run.records import SPLITS, fields
 
 LOG_EVERY = 20  # train steps between logged points: one host sync per 20 steps
 
@@ -78,17 +83,13 @@ class MetricsWriter:
             self._writer.add_scalar("train/images_per_s", rate, step)
         self._last = (step, now)
 
-    def epoch(self, record: dict) -> None:
-        """Logs one ``metrics.jsonl`` record at its ``step`` and flushes the file."""
+    def epoch(self, record: dict, only: Sequence[str] | None = None) -> None:
+        """Logs one ``metrics.jsonl`` record (its ``only`` fields, if given) at its ``step``; flushes."""
         step = record["step"]
-        for tag, key in (
-            ("train/epoch_loss", "train_loss"),
-            ("train/epoch_acc", "train_acc"),
-            ("val/loss", "val_loss"),
-            ("val/acc", "val_acc"),
-            ("val/acc5", "val_acc5"),
-        ):
-            if key in record:
+        tags = {"train_loss": "train/epoch_loss", "train_acc": "train/epoch_acc"}
+        tags |= {key: key.replace("_", "/", 1) for split in SPLITS for key in fields(split)}
+        for key, tag in tags.items():
+            if key in record and (only is None or key in only):
                 self._writer.add_scalar(tag, record[key], step)
         self._writer.flush()
 

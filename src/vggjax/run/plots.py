@@ -13,21 +13,29 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from vggjax.run.files import atomic_write_bytes  # noqa: E402
+from vggjax.run.records import SPLITS  # noqa: E402
 
 
 def plot_curves(records: Sequence[dict], path: str | Path) -> None:
-    """Plots train loss, val loss and val accuracy against epoch, like the d2l chapter.
+    """Plots train loss and each split's loss and accuracy against epoch, like the d2l chapter.
+
+    A split (``val``: held out of training, ``test``) is drawn at the epochs whose records hold
+    it: every epoch, or only the last one for the test split scored once at the end.
 
     Args:
-      records: ``metrics.jsonl`` records with ``epoch``, ``train_loss``, ``val_loss``
-        and ``val_acc``.
+      records: ``metrics.jsonl`` records with ``epoch``, ``train_loss`` and any of
+        ``val_loss``, ``val_acc``, ``test_loss``, ``test_acc``.
       path: the PNG to write (atomically).
     """
     epochs = [r["epoch"] for r in records]
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     ax.plot(epochs, [r["train_loss"] for r in records], "-o", label="train loss")
-    ax.plot(epochs, [r["val_loss"] for r in records], "--o", label="val loss")
-    ax.plot(epochs, [r["val_acc"] for r in records], "-.o", label="val acc")
+    for split, marker in zip(SPLITS, "os", strict=True):
+        for metric, style in (("loss", "--"), ("acc", "-.")):
+            key = f"{split}_{metric}"
+            points = [(r["epoch"], r[key]) for r in records if key in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), style + marker, label=f"{split} {metric}")
     ax.set_xlabel("epoch")
     ax.set_xlim(0.5, max(epochs) + 0.5)
     ax.grid(alpha=0.3)

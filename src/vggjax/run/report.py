@@ -1,6 +1,7 @@
 """``report.html``: one self-contained page per run that opens in a browser with no server.
 
-It shows the run's ``config.json``, its ``metrics.jsonl`` as a table, the latest
+It shows the run's ``config.json``, its ``metrics.jsonl`` as a table (``val_*``: the split held
+out of training, ``test_*``: the test set), the latest
 ``eval.json`` (if ``vggjax eval`` ran) and every picture of the run (``curves.png``,
 ``confusion.png``, ``mistakes.png``) embedded as base64 ``data:`` URIs, so the file can be
 mailed or copied alone. Written at the end of training and again by ``vggjax eval``.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from vggjax.run.files import atomic_write_text, read_jsonl
 from vggjax.run.folder import RunDir
+from vggjax.run.records import SPLIT_NAMES, fields, honest_records
 
 PICTURES = (
     (RunDir.CURVES, "Training curves"),
@@ -22,7 +24,7 @@ PICTURES = (
     (RunDir.MISTAKES, "Most confident mistakes"),
 )
 METRIC_COLUMNS = (
-    "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "seconds",
+    "epoch", "step", "train_loss", "train_acc", *fields("val"), *fields("test"), "seconds",
     "train_images_per_s",
 )  # fmt: skip
 STYLE = """
@@ -47,10 +49,11 @@ def write_report(run_dir: str | Path) -> Path:
     run = RunDir(run_dir)
     run_dir = run.path
     parts = [f"<h1>vggjax run <code>{escape(run_dir.name)}</code></h1>"]
-    if run.config_file.is_file():
-        config = json.loads(run.config_file.read_text())
+    config = json.loads(run.config_file.read_text()) if run.config_file.is_file() else {}
+    if config:
         parts += ["<h2>Config</h2>", _table(["setting", "value"], [[k, str(v)] for k, v in config.items()])]
-    records = read_jsonl(run.metrics_file)
+    # a run without val_size validated on the test split, and named its scores val_*
+    records = honest_records(read_jsonl(run.metrics_file), config.get("val_size", 0))
     if records:
         columns = [c for c in METRIC_COLUMNS if any(c in r for r in records)]
         parts += [
@@ -81,13 +84,15 @@ def _metric(column: str, value):
 
 
 def _eval_section(report: dict) -> list[str]:
+    split = report.get("split", "test")  # eval.json of older runs: always the test split
+    weights = escape(str(report.get("weights", "")))
     summary = (
-        f"<p>{report['count']} test images, weights <code>{escape(str(report.get('weights', '')))}</code>: "
+        f"<p>{report['count']} {SPLIT_NAMES[split]} images, weights <code>{weights}</code>: "
         f"loss {report['loss']:.4f}, top-1 {report['acc']:.4f}, top-5 {report['acc5']:.4f}</p>"
     )
     rows = [[c["name"], c["support"], c["precision"], c["recall"], c["accuracy"]] for c in report["classes"]]
     return [
-        "<h2>Test evaluation</h2>",
+        f"<h2>{SPLIT_NAMES[split].capitalize()} evaluation</h2>",
         summary,
         _table(["class", "support", "precision", "recall", "accuracy"], rows),
     ]

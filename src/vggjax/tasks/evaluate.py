@@ -2,11 +2,12 @@
 
 :func:`classification_report` is pure numpy on logits and labels; :func:`evaluate_run`
 loads a run (:meth:`vggjax.run.folder.RunDir.load`), scores it on the Fashion-MNIST test split
-and writes, beside the run's other files::
+(or, with ``split="val"``, on the validation split its config held out of training) and writes,
+beside the run's other files::
 
     run_dir/eval.json       the numbers (what ``--json`` prints)
     run_dir/confusion.png   the confusion matrix, each row normalised by its true class
-    run_dir/mistakes.png    the most confident misclassified test images
+    run_dir/mistakes.png    the most confident misclassified images
     run_dir/report.html     the run report, now with this evaluation
 """
 
@@ -23,6 +24,7 @@ from vggjax.errors import ConfigError, check_positive_int
 from vggjax.run.files import atomic_write_text
 from vggjax.run.folder import RunDir
 from vggjax.run.plots import plot_confusion, plot_mistakes
+from vggjax.run.records import SPLIT_NAMES, SPLITS
 from vggjax.run.report import write_report
 from vggjax.tasks.predict import predict_logits, softmax
 
@@ -83,8 +85,13 @@ def evaluate_run(
     batch_size: int = 500,
     num_mistakes: int = 32,
     verify_data: bool = True,
+    split: str = "test",
 ) -> dict:
     """Scores a run on the test split and writes ``eval.json``, the two PNGs and ``report.html``.
+
+    With ``split="val"`` it scores the run's validation split instead, rebuilt from its
+    config (``seed``, ``val_size``; :func:`vggjax.data.split_validation`), which reads the
+    whole training split.
 
     Args:
       run_dir: a folder written by ``vggjax train``.
@@ -93,18 +100,24 @@ def evaluate_run(
       limit_test: score only the first N test images (default: all 10,000).
       batch_size: images per device call.
       num_mistakes: at most this many misclassified images in ``mistakes.png``.
-      verify_data: check the test files' SHA-256 as they are read (see ``data.load_split``).
+      verify_data: check the files' SHA-256 as they are read (see ``data.load_split``).
+      split: ``"test"`` or ``"val"``.
 
     Returns:
-      :func:`classification_report` plus ``"run"`` and ``"weights"`` (the paths used).
+      :func:`classification_report` plus ``"run"``, ``"weights"`` (the paths used) and ``"split"``.
 
     Raises:
       CheckpointError: for a folder that does not exist or is not a run, or weights that do not fit it.
       DataError: when the test split cannot be found, downloaded or read, or is not the official one
         (``verify_data``).
-      ConfigError: for ``limit_test`` or ``batch_size`` < 1 or ``num_mistakes`` < 0, naming the flag;
-        checked before anything is read.
+      ConfigError: for ``limit_test`` or ``batch_size`` < 1, ``num_mistakes`` < 0, an unknown
+        ``split``, or ``limit_test`` with ``split="val"``, naming the flag, checked before anything
+        is read; for ``split="val"`` of a run without a validation split (``val_size`` 0).
     """
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "val" and limit_test is not None:
+        raise ConfigError("--limit-test limits the test split; drop it with --split val")
     if limit_test is not None:
         check_positive_int(limit_test, "--limit-test")
     check_positive_int(batch_size, "--batch-size")
@@ -119,17 +132,21 @@ def evaluate_run(
             "(fine-tune them first with vggjax train --init-from)"
         )
     directory = data_dir or run.config.data_dir
-    test = data.load_split("test", directory, limit=limit_test, download=True, verify=verify_data)
+    if split == "val":
+        test = _validation_split(run.config, run_dir, directory, verify_data)
+    else:
+        test = data.load_split("test", directory, limit=limit_test, download=True, verify=verify_data)
     logits = predict_logits(run, test["image"], batch_size=batch_size)
     report = classification_report(logits, test["label"])
-    report = {"run": str(run_dir), "weights": str(run.weights), **report}
+    report = {"run": str(run_dir), "weights": str(run.weights), "split": split, **report}
     atomic_write_text(folder.eval_file, json.dumps(report, indent=1) + "\n")
 
     plot_confusion(
         np.asarray(report["confusion"]),
         data.CLASS_NAMES,
         folder.confusion_file,
-        title=f"{run_dir.name}: test accuracy {report['acc']:.2%} on {report['count']} images",
+        title=f"{run_dir.name}: {SPLIT_NAMES[split]} accuracy {report['acc']:.2%} on {report['count']} "
+        "images",
     )
     probs = softmax(logits)
     pred = probs.argmax(-1)
@@ -148,10 +165,22 @@ def evaluate_run(
     return report
 
 
+def _validation_split(config, run_dir: Path, directory, verify: bool) -> dict:
+    """The validation split ``config`` held out of training (see ``training.inputs``)."""
+    if not config.val_size:
+        raise ConfigError(
+            f"{run_dir} has no validation split (val_size 0: it validated on the test split); "
+            "drop --split val to score the test split"
+        )
+    train = data.load_split("train", directory, download=True, verify=verify)
+    return data.split_validation(train, config.val_size, config.seed)[1]
+
+
 def format_report(report: dict) -> str:
     """The human-readable ``vggjax eval`` output: totals, a per-class table, the confusion matrix."""
+    split = SPLIT_NAMES[report.get("split", "test")]
     lines = [
-        f"{report['count']} test images, weights {report['weights']}",
+        f"{report['count']} {split} images, weights {report['weights']}",
         f"loss {report['loss']:.4f}   top-1 {report['acc']:.4f}   top-5 {report['acc5']:.4f}",
         "",
         f"{'class':<12} {'support':>7} {'precision':>9} {'recall':>7} {'accuracy':>8}",

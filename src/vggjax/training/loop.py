@@ -42,6 +42,7 @@ from vggjax.run.folder import RunDir
 from vggjax.run.meta import Position
 from vggjax.run.metrics import LOG_EVERY, MetricsWriter
 from vggjax.run.plots import plot_curves
+from vggjax.run.records import fields, scores
 from vggjax.training import parallel
 from vggjax.training.signals import stop_signals
 from vggjax.training.steps import TrainState
@@ -75,7 +76,8 @@ class Trainer:
       train_fn: jitted ``train_step(state, batch, rng) -> (state, metrics)``.
       eval_fn: jitted ``eval_step(state, batch) -> sums``.
       train_ds: ``{"image": uint8[N, 28, 28, 1], "label": int32[N]}``.
-      test_ds: the same for the test split.
+      evals: the splits scored after every epoch, by record prefix (``"val"``, ``"test"``), each
+        a loader of a dataset like ``train_ds``; the first one picks the best checkpoint.
       rng: the run's base dropout key (each step folds in its step number).
       steps_per_epoch: train steps per epoch (last partial batch dropped).
       schedule: the learning rate as a function of the number of updates done.
@@ -94,7 +96,7 @@ class Trainer:
     train_fn: Callable
     eval_fn: Callable
     train_ds: dict
-    test_ds: dict
+    evals: dict[str, Callable[[], dict]]
     rng: jax.Array
     steps_per_epoch: int
     schedule: Callable[[int], float]
@@ -191,32 +193,58 @@ class Trainer:
         """Evaluates, appends and writes the epoch's record, saves the epoch checkpoint."""
         train_seconds = time.perf_counter() - began
         means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(metrics))
-        val = evaluate(self.eval_fn, state, self.test_ds, self.config.eval_batch_size, self.batch_sharding)
+        scored = {split: self._evaluate(state, load) for split, load in self.evals.items()}
         record = {
             "epoch": epoch,
             "step": epoch * self.steps_per_epoch,
             "train_loss": means["loss"],
             "train_acc": means["accuracy"],
-            "val_loss": val["loss"],
-            "val_acc": val["acc"],
-            "val_acc5": val["acc5"],
+            **{k: v for split, r in scored.items() for k, v in scores(split, r).items()},
             "seconds": round(time.perf_counter() - began, 3),
             "train_images_per_s": round(steps_run * self.config.batch_size / train_seconds, 1),
         }
         self.records.append(record)
-        if self.main:
-            run = RunDir(self.run_dir)
-            write_jsonl(run.metrics_file, self.records)
-            self.board.epoch(record)
-            plot_curves(self.records, run.curves_file)
+        self._write(record)
+        said = "".join(f", {s} loss {r['loss']:.4f}, {s} acc {r['acc']:.4f}" for s, r in scored.items())
         self.log(
-            f"epoch {epoch}/{self.config.epochs}: train loss {record['train_loss']:.4f}, "
-            f"val loss {val['loss']:.4f}, val acc {val['acc']:.4f}, {record['seconds']:.1f} s"
+            f"epoch {epoch}/{self.config.epochs}: train loss {record['train_loss']:.4f}{said}, "
+            f"{record['seconds']:.1f} s"
         )
         if epoch == 1:
             warn_if_stuck(record["train_loss"], data.NUM_CLASSES, self.log)
-        self._save(state, Position(epoch + 1, 0), [], val_acc=val["acc"])
+        selected = scored[next(iter(scored))]["acc"]  # stored as the checkpoint's "val_acc" (the best)
+        self._save(state, Position(epoch + 1, 0), [], val_acc=selected)
         return record
+
+    def score_test(self, state: TrainState, load_test: Callable[[], dict]) -> dict:
+        """Adds ``state``'s ``test_*`` scores to the last record (and ``test/*`` scalars); returns it.
+
+        Nothing is loaded when that record holds them already (the test split scored every
+        epoch). The end-of-epoch checkpoint keeps the record without them, so a run resumed
+        for more epochs scores its new final state.
+        """
+        if "test_acc" in self.records[-1]:
+            return self.records[-1]
+        test = load_test()
+        result = self._evaluate(state, lambda: test)
+        self.records[-1] = last = {**self.records[-1], **scores("test", result)}
+        self._write(last, only=fields("test"))
+        self.log(
+            f"test loss {result['loss']:.4f}, test acc {result['acc']:.4f}, test acc5 {result['acc5']:.4f} "
+            f"({len(test['label'])} test images, the final weights)"
+        )
+        return last
+
+    def _evaluate(self, state: TrainState, load: Callable[[], dict]) -> dict[str, float]:
+        return evaluate(self.eval_fn, state, load(), self.config.eval_batch_size, self.batch_sharding)
+
+    def _write(self, record: dict, only: tuple[str, ...] | None = None) -> None:
+        """Writes ``metrics.jsonl``, ``record``'s TensorBoard scalars (or its ``only`` ones), the curves."""
+        if self.main:
+            run = RunDir(self.run_dir)
+            write_jsonl(run.metrics_file, self.records)
+            self.board.epoch(record, only=only)
+            plot_curves(self.records, run.curves_file)
 
     def check_finite(self, metrics: list[dict], start: int, epoch: int) -> None:
         """Raises :class:`DivergedError` for the first of ``metrics[start:]`` with a non-finite value.

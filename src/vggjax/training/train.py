@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,9 +33,11 @@ from vggjax.run.files import read_jsonl, write_jsonl
 from vggjax.run.folder import RunDir
 from vggjax.run.meta import Position, model_signature
 from vggjax.run.metrics import MetricsWriter
+from vggjax.run.records import SPLIT_NAMES, honest_records, selection_split
 from vggjax.run.report import write_report
 from vggjax.run.resume import already_complete, check_same_model
 from vggjax.training import parallel
+from vggjax.training.inputs import load_run_data
 from vggjax.training.loop import Trainer, evaluate, warn_if_stuck
 from vggjax.training.memory import check_memory
 from vggjax.training.optim import make_optimizer, make_schedule
@@ -111,7 +112,13 @@ def train_and_evaluate(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Trains ``config`` on Fashion-MNIST, evaluating on the test split after each epoch.
+    """Trains ``config`` on Fashion-MNIST, validating after each epoch and scoring the test split at the end.
+
+    The validation split is ``config.val_size`` training images held out
+    (:mod:`vggjax.training.inputs`); it picks the best checkpoint. The test split is scored once,
+    on the final state, into the last record's ``test_*`` fields (and every epoch with
+    ``eval_test_every_epoch``). With ``val_size`` 0 the test split is the validation, as in the
+    d2l chapter, and the records name its scores ``test_*``.
 
     Checkpoints go to ``run_dir/checkpoints`` after every epoch and every
     ``config.checkpoint_every`` steps. With ``resume``, training continues from the
@@ -130,7 +137,7 @@ def train_and_evaluate(
       log: where one-line messages go (process 0 only).
 
     Returns:
-      The last epoch's ``metrics.jsonl`` record.
+      The last epoch's ``metrics.jsonl`` record, with ``test_loss``, ``test_acc``, ``test_acc5``.
 
     Raises:
       ConfigError, ArchError: for invalid settings or an unusable ``run_dir``, including
@@ -173,31 +180,13 @@ def train_and_evaluate(
             return read_jsonl(run.metrics_file)[-1]
     else:
         run.check_new(overwrite=overwrite)
-    with warnings.catch_warnings(record=True) as caught:  # e.g. unverified data with odd class counts
-        warnings.simplefilter("always", data.ClassCountWarning)
-        train_ds, test_ds = data.load_fashion_mnist(
-            config.data_dir,
-            limit_train=config.limit_train,
-            limit_test=config.limit_test,
-            progress=progress,
-            verify=config.verify_data,
+    if config.val_size == 0:
+        log(
+            "validating on the test split (--val-size 0, the d2l chapter's setting): the best checkpoint "
+            "is selected on test"
         )
-    for w in caught:
-        log(f"warning: {w.message}")
-    n_train = len(train_ds["label"])
-    if n_train < config.batch_size:
-        if config.limit_train is not None and config.limit_train <= n_train:  # the limit binds
-            fix = "lower --batch-size or raise --limit-train"
-        else:  # every training example is in already
-            fix = f"the data holds no more, so lower --batch-size to {n_train} or less"
-        too_big = f"--batch-size {config.batch_size} is larger than the {n_train} training examples"
-        raise ConfigError(f"{too_big}; {fix}")
-    channels = train_ds["image"].shape[-1]
-    if channels != config.channels:
-        raise ConfigError(
-            f"the images have {channels} channel(s) but the config says channels={config.channels}; "
-            "use channels=1 for Fashion-MNIST (--adapt-channels adapts 3-channel --init-from weights)"
-        )
+    inputs = load_run_data(config, progress=progress, log=log)
+    n_train, channels = len(inputs.train["label"]), inputs.train["image"].shape[-1]
     if source is not None:
         pretrained.check_channels(source, channels, adapt_channels=config.adapt_channels)
     steps_per_epoch = data.num_batches(n_train, config.batch_size, drop_remainder=True)
@@ -215,7 +204,8 @@ def train_and_evaluate(
         with RunCheckpoints(checkpoints, keep=config.keep) as ckpts:
             restored = ckpts.restore(state, dropout_rng, model=signature, sharding=rep)
         state, dropout_rng, start = restored.state, restored.rng, restored.position
-        partial, records, resume_step = restored.partial, restored.records, restored.step
+        partial, resume_step = restored.partial, restored.step
+        records = honest_records(restored.records, config.val_size)  # an older run's val_* were test
         _check_position(start, config, steps_per_epoch, run_dir)
         log(
             f"resuming {run_dir} from step {restored.step} (epoch {start.epoch}, "
@@ -234,8 +224,8 @@ def train_and_evaluate(
             config=config,
             train_fn=built.train_fn,
             eval_fn=built.eval_fn,
-            train_ds=train_ds,
-            test_ds=test_ds,
+            train_ds=inputs.train,
+            evals=inputs.evals,
             rng=dropout_rng,
             steps_per_epoch=steps_per_epoch,
             schedule=make_schedule(config, steps_per_epoch),
@@ -250,6 +240,7 @@ def train_and_evaluate(
             log=log,
         )
         state = trainer.fit(state, start, partial)
+        trainer.score_test(state, inputs.test)  # the final state, the one saved in weights/
         best = ckpts.best_step()
     weights.save_variables(run.weights_dir, {"params": state.params, "batch_stats": state.batch_stats})
     if main:
@@ -258,7 +249,8 @@ def train_and_evaluate(
         parallel.check_replicas_agree(state.params)
         log(f"params identical on all {jax.process_count()} processes ({mesh.devices.size} devices)")
     if best is not None:
-        log(f"checkpoints in {checkpoints}; best validation accuracy at step {best}")
+        split = SPLIT_NAMES[selection_split(config.val_size)]
+        log(f"checkpoints in {checkpoints}; best {split} accuracy at step {best}")
     return trainer.records[-1]
 
 
