@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vggjax import data
+from vggjax.config import TTAS
 from vggjax.errors import ConfigError, check_positive_int
 from vggjax.run.files import atomic_write_text
 from vggjax.run.folder import RunDir
@@ -83,6 +84,7 @@ def evaluate_run(
     batch_size: int = 500,
     num_mistakes: int = 32,
     verify_data: bool = True,
+    tta: str | None = None,
 ) -> dict:
     """Scores a run on the test split and writes ``eval.json``, the two PNGs and ``report.html``.
 
@@ -94,6 +96,7 @@ def evaluate_run(
       batch_size: images per device call.
       num_mistakes: at most this many misclassified images in ``mistakes.png``.
       verify_data: check the test files' SHA-256 as they are read (see ``data.load_split``).
+      tta: ``"none"`` or ``"flip"`` (mean softmax of each image and its mirror); None: the run's ``tta``.
 
     Returns:
       :func:`classification_report` plus ``"run"`` and ``"weights"`` (the paths used).
@@ -102,14 +105,16 @@ def evaluate_run(
       CheckpointError: for a folder that does not exist or is not a run, or weights that do not fit it.
       DataError: when the test split cannot be found, downloaded or read, or is not the official one
         (``verify_data``).
-      ConfigError: for ``limit_test`` or ``batch_size`` < 1 or ``num_mistakes`` < 0, naming the flag;
-        checked before anything is read.
+      ConfigError: for ``limit_test`` or ``batch_size`` < 1, ``num_mistakes`` < 0 or an unknown
+        ``tta``, naming the flag; checked before anything is read.
     """
     if limit_test is not None:
         check_positive_int(limit_test, "--limit-test")
     check_positive_int(batch_size, "--batch-size")
     if num_mistakes < 0:
         raise ConfigError(f"--mistakes must be >= 0, got {num_mistakes}")
+    if tta is not None and tta not in TTAS:
+        raise ConfigError(f"--tta must be one of {', '.join(TTAS)}, got {tta!r}")
     folder = RunDir(run_dir)
     run_dir = folder.path
     run = folder.load(checkpoint_dir)
@@ -120,7 +125,7 @@ def evaluate_run(
         )
     directory = data_dir or run.config.data_dir
     test = data.load_split("test", directory, limit=limit_test, download=True, verify=verify_data)
-    logits = predict_logits(run, test["image"], batch_size=batch_size)
+    logits = predict_logits(run, test["image"], batch_size=batch_size, tta=tta)
     report = classification_report(logits, test["label"])
     report = {"run": str(run_dir), "weights": str(run.weights), **report}
     atomic_write_text(folder.eval_file, json.dumps(report, indent=1) + "\n")
