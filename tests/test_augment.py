@@ -12,7 +12,7 @@ from tiny import tiny_config, tiny_model
 from vggjax.config import TrainConfig
 from vggjax.run.checkpoint import RunCheckpoints
 from vggjax.run.files import read_jsonl
-from vggjax.run.weights import load_variables
+from vggjax.run.weights import load_variables, save_variables
 from vggjax.tasks.evaluate import evaluate_run
 from vggjax.training.augment import ERASE_SCALE, Augment, augment, random_crop, random_erase, random_flip
 from vggjax.training.optim import make_schedule
@@ -193,23 +193,31 @@ def test_train_step_augments_from_the_step_key_only():
 @pytest.mark.slow
 def test_ema_weights_are_what_eval_scores_when_the_run_used_ema(tmp_path):
     config = tiny_config(
-        limit_train=256, limit_test=200, batch_size=32, epochs=1, ema=0.9, crop_pad=2, flip=True, erase=0.5
+        arch="vgg11_bn",
+        limit_train=512,
+        limit_test=200,
+        batch_size=32,
+        epochs=1,
+        ema=0.9,
+        crop_pad=2,
+        flip=True,
     )
     run_dir = tmp_path / "run"
     train_and_evaluate(config, run_dir, progress=False, log=lambda s: None)
     with RunCheckpoints(run_dir / "checkpoints") as ckpts:
         saved = ckpts.read()["state"]
-    saved_weights = load_variables(run_dir / "weights")
-    for x, y in zip(
-        jax.tree.leaves(saved_weights["params"]), jax.tree.leaves(saved["ema"]["params"]), strict=True
-    ):
-        np.testing.assert_array_equal(x, y)  # weights/ holds the EMA of the checkpoint
-    assert any(not np.array_equal(x, p) for x, p in zip(
-        jax.tree.leaves(saved["ema"]["params"]), jax.tree.leaves(saved["params"]), strict=True
-    ))  # fmt: skip
+    weights, ema = load_variables(run_dir / "weights"), saved["ema"]
+    for x, y in zip(jax.tree.leaves(weights), jax.tree.leaves(ema), strict=True):
+        np.testing.assert_array_equal(x, y)  # weights/ holds the checkpoint's EMA (params and batch_stats)
     last = read_jsonl(run_dir / "metrics.jsonl")[-1]
     report = evaluate_run(run_dir, limit_test=200, batch_size=100, num_mistakes=0)
     assert report["acc"] == pytest.approx(last["val_acc"], abs=1e-9)
     assert report["loss"] == pytest.approx(last["val_loss"], rel=1e-4)
+    # The raw weights score otherwise: validation and eval did use the EMA.
+    save_variables(tmp_path / "raw", {"params": saved["params"], "batch_stats": saved["batch_stats"]})
+    raw = evaluate_run(
+        run_dir, checkpoint_dir=tmp_path / "raw", limit_test=200, batch_size=100, num_mistakes=0
+    )
+    assert abs(raw["loss"] - last["val_loss"]) > 1e-3, (raw["loss"], last["val_loss"])
     flip = evaluate_run(run_dir, limit_test=200, batch_size=100, num_mistakes=0, tta="flip")
-    assert flip["loss"] != pytest.approx(report["loss"], rel=1e-4)
+    assert flip["loss"] != report["loss"] and flip["count"] == 200
