@@ -10,6 +10,7 @@ import pytest
 from tiny import tiny_config, tiny_model
 
 from vggjax.config import TrainConfig
+from vggjax.errors import ConfigError
 from vggjax.run.checkpoint import RunCheckpoints
 from vggjax.run.files import read_jsonl
 from vggjax.run.weights import load_variables, save_variables
@@ -221,3 +222,8 @@ def test_ema_weights_are_what_eval_scores_when_the_run_used_ema(tmp_path):
     assert abs(raw["loss"] - last["val_loss"]) > 1e-3, (raw["loss"], last["val_loss"])
     flip = evaluate_run(run_dir, limit_test=200, batch_size=100, num_mistakes=0, tta="flip")
     assert flip["loss"] != report["loss"] and flip["count"] == 200
+
+
+def test_eval_refuses_an_unknown_tta_before_reading_anything(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--tta must be one of none, flip, got 'five-crop'$"):
+        evaluate_run(tmp_path / "no such run", tta="five-crop")

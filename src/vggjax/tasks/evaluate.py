@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from vggjax import data
-from vggjax.config import TTAS
 from vggjax.errors import ConfigError, check_positive_int
 from vggjax.run.files import atomic_write_text
 from vggjax.run.folder import RunDir
 from vggjax.run.plots import plot_confusion, plot_mistakes
 from vggjax.run.report import write_report
-from vggjax.tasks.predict import predict_logits, softmax
+from vggjax.tasks.predict import check_tta, predict_logits, softmax
 
 
 def classification_report(
@@ -113,8 +112,8 @@ def evaluate_run(
     check_positive_int(batch_size, "--batch-size")
     if num_mistakes < 0:
         raise ConfigError(f"--mistakes must be >= 0, got {num_mistakes}")
-    if tta is not None and tta not in TTAS:
-        raise ConfigError(f"--tta must be one of {', '.join(TTAS)}, got {tta!r}")
+    if tta is not None:
+        check_tta(tta)
     folder = RunDir(run_dir)
     run_dir = folder.path
     run = folder.load(checkpoint_dir)

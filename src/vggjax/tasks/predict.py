@@ -128,6 +128,17 @@ def check_imagenet_run(config: TrainConfig, run_dir: str | Path) -> None:
         )
 
 
+def check_tta(tta: str) -> str:
+    """Returns ``tta`` if it is one of ``config.TTAS``.
+
+    Raises:
+      ConfigError: otherwise, naming ``--tta`` and its choices.
+    """
+    if tta not in TTAS:
+        raise ConfigError(f"--tta must be one of {', '.join(TTAS)}, got {tta!r}")
+    return tta
+
+
 @functools.partial(jax.jit, static_argnames=("model", "image_size", "preprocessing", "tta"))
 def _logits(model: VGG, variables: dict, images: jax.Array, image_size: int, preprocessing, tta) -> jax.Array:
     return predict(model.apply, variables, preprocess(images, image_size, preprocessing), tta)
@@ -156,9 +167,7 @@ def predict_logits(
     Raises:
       ConfigError: for another ``tta``.
     """
-    tta = run.config.tta if tta is None else tta
-    if tta not in TTAS:
-        raise ConfigError(f"--tta must be one of {', '.join(TTAS)}, got {tta!r}")
+    tta = check_tta(run.config.tta if tta is None else tta)
     n = len(images)
     batch_size = min(batch_size, max(n, 1))  # data.batches rejects batch_size < 1
     size, prep = run.config.image_size, run.config.preprocessing
