@@ -271,6 +271,28 @@ CASES = {
         ["--eval-batch-size", "100000000"],
         "use a smaller --eval-batch-size, --image-size, --hidden or --width",
     ),
+    # --- recipe pieces (issue 15: 2, 3)
+    "crop-pad negative": (
+        ["--crop-pad", "-1"],
+        "--crop-pad must be an integer in [0, 16] (half the image), got -1",
+    ),
+    "crop-pad above half": (
+        ["--crop-pad", "17"],
+        "--crop-pad must be an integer in [0, 16] (half the image), got 17",
+    ),
+    "erase above 1": (["--erase", "1.5"], "--erase must be in [0, 1], got 1.5"),
+    "erase nan": (["--erase", "nan"], "--erase must be in [0, 1], got nan"),
+    "label smoothing 1": (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1), got 1.0"),
+    "label smoothing negative": (
+        ["--label-smoothing", "-0.1"],
+        "--label-smoothing must be in [0, 1), got -0.1",
+    ),
+    "ema 1": (["--ema", "1"], "--ema must be in [0, 1), got 1.0"),
+    "ema infinite": (["--ema", "inf"], "--ema must be in [0, 1), got inf"),
+    "nesterov without momentum": (
+        ["--nesterov", "--momentum", "0"],
+        "--nesterov needs --momentum > 0; add --momentum 0.9 or drop --nesterov",
+    ),
 }
 
 # What a one-line error must never show: a Python object's repr (orbax's TensorStore

@@ -19,8 +19,9 @@ from vggjax.run.checkpoint import RunCheckpoints
 from vggjax.training.loop import TIMING_FIELDS
 from vggjax.training.train import train_and_evaluate
 
-# BatchNorm (batch_stats), dropout (the key stream), momentum (optimizer state) and a
-# constant schedule (so one epoch then --epochs 2 is two epochs straight); 32 steps per epoch.
+# BatchNorm (batch_stats), dropout (the key stream), momentum (optimizer state), a
+# constant schedule (so one epoch then --epochs 2 is two epochs straight), augmentation
+# (keyed by the step) and an EMA of the weights (more state); 32 steps per epoch.
 pytestmark = pytest.mark.slow  # every test here trains and kills real runs
 
 CONFIG = tiny_config(
@@ -34,11 +35,16 @@ CONFIG = tiny_config(
     limit_train=512,
     limit_test=128,
     checkpoint_every=5,
+    crop_pad=2,
+    flip=True,
+    erase=0.25,
+    ema=0.9,
 )
 FLAGS = [
     "--arch", "vgg11_bn", *TINY_TRAIN_FLAGS, "--dropout", "0.5",
     "--batch-size", "16", "--eval-batch-size", "128", "--epochs", "2", "--lr", "0.02",
     "--schedule", "constant", "--limit-train", "512", "--limit-test", "128", "--checkpoint-every", "5",
+    "--crop-pad", "2", "--flip", "--erase", "0.25", "--ema", "0.9",
 ]  # fmt: skip
 QUIET = {"progress": False, "log": lambda s: None}
 
@@ -54,6 +60,7 @@ def assert_bitwise_equal(run_a, run_b):
     step_a, a = final_state(run_a)
     step_b, b = final_state(run_b)
     assert step_a == step_b == 64
+    assert "ema" in a and "ema" in b  # the EMA is checkpointed and compared too
     leaves_a, tree_a = jax.tree.flatten(a)
     leaves_b, tree_b = jax.tree.flatten(b)
     assert tree_a == tree_b and len(leaves_a) > 40

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from vggjax import commands
-from vggjax.config import add_flags
+from vggjax.config import TTAS, add_flags
 from vggjax.runtime import VersionAction, run_command
 
 
@@ -90,6 +90,7 @@ def _eval_parser(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, default=500, help="images per device call")
     p.add_argument("--mistakes", type=int, default=32, metavar="N", help="images in mistakes.png")
+    p.add_argument("--tta", choices=TTAS, help="flip: mean softmax of image and mirror (default: the run's)")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     add_flags(p, ("verify_data",), verify_data=True)
 

@@ -98,6 +98,7 @@ def evaluate(args: argparse.Namespace) -> int:
         num_mistakes=args.mistakes,
         verify_data=args.verify_data,
         split=args.split,
+        tta=args.tta,
     )
     done = f"wrote eval.json, confusion.png, mistakes.png and report.html in {args.run_dir}"
     _print(args, report, f"{format_report(report)}\n{done}")

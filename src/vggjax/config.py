@@ -30,7 +30,8 @@ INITS = ("he", "torchvision", "lecun")  # see nn.vgg.initializers
 # the matmul-shaped ops of nn.fastops (see nn.vgg.VGG).
 IMPLS = ("auto", "xla", "cpu_fast")
 DTYPES = ("float32", "bfloat16")  # compute dtypes; params stay float32
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "onecycle")  # see training.optim.make_schedule
+TTAS = ("none", "flip")  # test-time augmentation: see training.steps.predict
 # What a run's images are: Fashion-MNIST (what `vggjax train` trains on, scaled to [0, 1])
 # or ImageNet (converted torchvision weights: RGB, torchvision's mean/std).
 DATASETS = ("fashion-mnist", "imagenet")
@@ -100,9 +101,18 @@ class TrainConfig:
     lr: float = option(0.05, "peak learning rate of SGD")
     momentum: float = option(0.9, "SGD momentum in [0, 1); 0 is plain SGD")
     weight_decay: float = option(5e-4, "L2 penalty added to the gradient, as PyTorch's SGD does")
-    schedule: str = option("cosine", "learning-rate decay to 0 over the run, or constant", choices=SCHEDULES)
-    warmup_epochs: float = option(0.0, "linear warm-up from 0 to --lr over this many epochs")
-    seed: int = option(0, "seeds init, data order and dropout; in [0, 2**32)")
+    nesterov: bool = option(False, "Nesterov momentum (optax.sgd's nesterov)")
+    schedule: str = option(
+        "cosine", "cosine decay to 0, constant, or onecycle (optax's cosine one-cycle)", choices=SCHEDULES
+    )
+    warmup_epochs: float = option(0.0, "warm-up to --lr over these epochs (onecycle: 0 is 0.3 of the run)")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss, in [0, 1)")
+    crop_pad: int = option(0, "random crop of the input after zero padding by P pixels per side", metavar="P")
+    flip: bool = option(False, "random horizontal flip of training images (p 0.5)")
+    erase: float = option(0.0, "probability of random erasing (one zeroed rectangle per image)", metavar="P")
+    ema: float = option(0.0, "decay of an EMA of the weights that evaluation and weights/ use; 0 is off")
+    tta: str = option("none", "evaluation of each image alone or averaged with its mirror", choices=TTAS)
+    seed: int = option(0, "seeds init, data order, dropout and augmentation; in [0, 2**32)")
     data_dir: str | None = option(None, "folder with the four Fashion-MNIST IDX files (default: searched)")
     verify_data: bool = option(
         True,
@@ -183,6 +193,15 @@ class TrainConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout_rate!r}")
         if not self.warmup_epochs >= 0:
             raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs!r}")
+        if self.nesterov and not self.momentum:
+            raise ConfigError("--nesterov needs --momentum > 0; add --momentum 0.9 or drop --nesterov")
+        pad, half = self.crop_pad, self.image_size // 2
+        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad <= half:
+            raise ConfigError(f"--crop-pad must be an integer in [0, {half}] (half the image), got {pad!r}")
+        for name, top in (("label_smoothing", "1)"), ("erase", "1]"), ("ema", "1)")):
+            value = getattr(self, name)
+            if not (0 <= value < 1 or (top == "1]" and value == 1)):
+                raise ConfigError(f"--{flag_name(name)} must be in [0, {top}, got {value!r}")
         for name in ("lr", "weight_decay", "warmup_epochs"):
             if math.isinf(getattr(self, name)):
                 raise ConfigError(f"--{flag_name(name)} must be finite, got {getattr(self, name)!r}")

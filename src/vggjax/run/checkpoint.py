@@ -4,8 +4,9 @@ A run's checkpoints live in ``<run>/checkpoints/<step>/``, written by an orbax
 ``CheckpointManager``. Each holds two items:
 
 ``state``
-    ``{"params", "batch_stats", "opt_state", "step", "rng"}``: the whole
-    :class:`~vggjax.training.steps.TrainState` and the dropout key's data (``uint32[2]``).
+    ``{"params", "batch_stats", "opt_state", "step", "rng"}``, plus ``"ema"`` for a run that
+    keeps an EMA of its weights: the whole :class:`~vggjax.training.steps.TrainState` and
+    the dropout key's data (``uint32[2]``).
 ``meta``
     JSON: the model it fits (``model``), the data-order :class:`~vggjax.run.meta.Position`,
     the per-step metrics of the epoch in progress (``partial``) and every finished
@@ -227,6 +228,7 @@ class RunCheckpoints:
             params=saved["params"],
             batch_stats=saved["batch_stats"],
             opt_state=saved["opt_state"],
+            ema=saved.get("ema"),
         )
         return Restored(
             step=step,
@@ -276,14 +278,15 @@ class RunCheckpoints:
 
 
 def _state_tree(state: TrainState, rng: jax.Array) -> dict[str, Any]:
-    """The ``state`` item: the train state's arrays and the dropout key's data."""
-    return {
+    """The ``state`` item: the train state's arrays (``ema`` only if kept) and the dropout key's data."""
+    tree = {
         "params": state.params,
         "batch_stats": state.batch_stats,
         "opt_state": state.opt_state,
         "step": state.step,
         "rng": jax.random.key_data(rng),
     }
+    return tree if state.ema is None else {**tree, "ema": state.ema}
 
 
 def _json_readable(step_dir: Path) -> bool:

@@ -26,7 +26,7 @@ from vggjax.run.folder import RunDir
 from vggjax.run.plots import plot_confusion, plot_mistakes
 from vggjax.run.records import SPLIT_NAMES, SPLITS
 from vggjax.run.report import write_report
-from vggjax.tasks.predict import predict_logits, softmax
+from vggjax.tasks.predict import check_tta, predict_logits, softmax
 
 
 def classification_report(
@@ -86,6 +86,7 @@ def evaluate_run(
     num_mistakes: int = 32,
     verify_data: bool = True,
     split: str = "test",
+    tta: str | None = None,
 ) -> dict:
     """Scores a run on the test split and writes ``eval.json``, the two PNGs and ``report.html``.
 
@@ -102,6 +103,7 @@ def evaluate_run(
       num_mistakes: at most this many misclassified images in ``mistakes.png``.
       verify_data: check the files' SHA-256 as they are read (see ``data.load_split``).
       split: ``"test"`` or ``"val"``.
+      tta: ``"none"`` or ``"flip"`` (mean softmax of each image and its mirror); None: the run's ``tta``.
 
     Returns:
       :func:`classification_report` plus ``"run"``, ``"weights"`` (the paths used) and ``"split"``.
@@ -111,7 +113,7 @@ def evaluate_run(
       DataError: when the test split cannot be found, downloaded or read, or is not the official one
         (``verify_data``).
       ConfigError: for ``limit_test`` or ``batch_size`` < 1, ``num_mistakes`` < 0, an unknown
-        ``split``, or ``limit_test`` with ``split="val"``, naming the flag, checked before anything
+        ``split`` or ``tta``, or ``limit_test`` with ``split="val"``, naming the flag, checked before anything
         is read; for ``split="val"`` of a run without a validation split (``val_size`` 0).
     """
     if split not in SPLITS:
@@ -123,6 +125,8 @@ def evaluate_run(
     check_positive_int(batch_size, "--batch-size")
     if num_mistakes < 0:
         raise ConfigError(f"--mistakes must be >= 0, got {num_mistakes}")
+    if tta is not None:
+        check_tta(tta)
     folder = RunDir(run_dir)
     run_dir = folder.path
     run = folder.load(checkpoint_dir)
@@ -136,7 +140,7 @@ def evaluate_run(
         test = _validation_split(run.config, run_dir, directory, verify_data)
     else:
         test = data.load_split("test", directory, limit=limit_test, download=True, verify=verify_data)
-    logits = predict_logits(run, test["image"], batch_size=batch_size)
+    logits = predict_logits(run, test["image"], batch_size=batch_size, tta=tta)
     report = classification_report(logits, test["label"])
     report = {"run": str(run_dir), "weights": str(run.weights), "split": split, **report}
     atomic_write_text(folder.eval_file, json.dumps(report, indent=1) + "\n")

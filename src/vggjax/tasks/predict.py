@@ -25,12 +25,12 @@ import jax
 import numpy as np
 
 from vggjax import data
-from vggjax.config import TrainConfig
+from vggjax.config import TTAS, TrainConfig
 from vggjax.data.images import check_invert, load_image
 from vggjax.errors import ConfigError, DataError
 from vggjax.nn.vgg import VGG
 from vggjax.run.folder import LoadedRun
-from vggjax.training.steps import preprocess
+from vggjax.training.steps import predict, preprocess
 
 # Class names a run's dataset comes with (ImageNet's 1000 come from --labels).
 DATASET_CLASS_NAMES = {"fashion-mnist": data.CLASS_NAMES}
@@ -128,12 +128,25 @@ def check_imagenet_run(config: TrainConfig, run_dir: str | Path) -> None:
         )
 
 
-@functools.partial(jax.jit, static_argnames=("model", "image_size", "preprocessing"))
-def _logits(model: VGG, variables: dict, images: jax.Array, image_size: int, preprocessing) -> jax.Array:
-    return model.apply(variables, preprocess(images, image_size, preprocessing), train=False)
+def check_tta(tta: str) -> str:
+    """Returns ``tta`` if it is one of ``config.TTAS``.
+
+    Raises:
+      ConfigError: otherwise, naming ``--tta`` and its choices.
+    """
+    if tta not in TTAS:
+        raise ConfigError(f"--tta must be one of {', '.join(TTAS)}, got {tta!r}")
+    return tta
 
 
-def predict_logits(run: LoadedRun, images: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
+@functools.partial(jax.jit, static_argnames=("model", "image_size", "preprocessing", "tta"))
+def _logits(model: VGG, variables: dict, images: jax.Array, image_size: int, preprocessing, tta) -> jax.Array:
+    return predict(model.apply, variables, preprocess(images, image_size, preprocessing), tta)
+
+
+def predict_logits(
+    run: LoadedRun, images: np.ndarray, *, batch_size: int = 500, tta: str | None = None
+) -> np.ndarray:
     """Logits of the run's model for host images, through the training preprocess.
 
     Images go through :func:`vggjax.training.steps.preprocess` with the run's
@@ -146,15 +159,20 @@ def predict_logits(run: LoadedRun, images: np.ndarray, *, batch_size: int = 500)
       images: ``uint8[N, H, W, C]`` as :func:`vggjax.data.images.load_image` makes them
         (Fashion-MNIST: 28×28 grey, light object on black; ImageNet: 224×224 RGB).
       batch_size: images per device call.
+      tta: ``"none"`` or ``"flip"`` (:func:`vggjax.training.steps.predict`); None takes the run's ``tta``.
 
     Returns:
-      ``float32[N, num_classes]`` logits.
+      ``float32[N, num_classes]`` logits (with ``"flip"``, the log of the mean softmax).
+
+    Raises:
+      ConfigError: for another ``tta``.
     """
+    tta = check_tta(run.config.tta if tta is None else tta)
     n = len(images)
     batch_size = min(batch_size, max(n, 1))  # data.batches rejects batch_size < 1
     size, prep = run.config.image_size, run.config.preprocessing
     out = [
-        np.asarray(_logits(run.model, run.variables, b["image"], size, prep))
+        np.asarray(_logits(run.model, run.variables, b["image"], size, prep, tta))
         for b in data.batches({"image": images}, batch_size, shuffle=False, pad=True)
     ]
     return np.concatenate(out)[:n] if out else np.zeros((0, run.model.num_classes), np.float32)

@@ -18,12 +18,22 @@ from flax.training import train_state
 
 from vggjax.errors import DataError
 from vggjax.preprocessing import PREPROCESSING, Preprocessing
+from vggjax.training.augment import Augment, augment
+
+AUGMENT_STREAM = 0x61756700  # folded into a step's key to give its augmentation key ("aug")
+NO_AUGMENT = Augment()
 
 
 class TrainState(train_state.TrainState):
-    """Flax's TrainState plus the ``batch_stats`` collection (empty without BatchNorm)."""
+    """Flax's TrainState plus the ``batch_stats`` collection (empty without BatchNorm) and ``ema``.
+
+    ``ema`` is None, or, for a run with ``ema`` > 0, ``{"params", "batch_stats"}``: the
+    bias-corrected exponential moving average of the variables after each update, which
+    evaluation scores (see :func:`train_step`).
+    """
 
     batch_stats: Any = None
+    ema: Any = None
 
 
 def preprocess(
@@ -67,19 +77,28 @@ def preprocess(
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, input_shape: tuple[int, ...]
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    input_shape: tuple[int, ...],
+    *,
+    ema: bool = False,
 ) -> TrainState:
     """Initialises ``params`` (and ``batch_stats``) for inputs of ``input_shape`` (NHWC).
+
+    With ``ema``, ``state.ema`` starts as a copy of the variables.
 
     Raises:
       ArchError: if the input shape does not fit the model (see ``VGG``).
     """
     variables = model.init(rng, jnp.zeros(input_shape, jnp.float32), train=False)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
     return TrainState.create(
         apply_fn=model.apply,
-        params=variables["params"],
+        params=params,
         tx=tx,
-        batch_stats=variables.get("batch_stats", {}),
+        batch_stats=batch_stats,
+        ema={"params": params, "batch_stats": batch_stats} if ema else None,
     )
 
 
@@ -89,34 +108,99 @@ def _variables(state: TrainState) -> dict:
     return {"params": state.params}
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, *, image_size: int) -> tuple[TrainState, dict]:
+def eval_variables(state: TrainState) -> dict:
+    """The variables evaluation scores and ``weights/`` holds: ``state.ema`` if the run keeps one.
+
+    ``{"params", "batch_stats"}``, ``batch_stats`` left out when empty (no BatchNorm).
+    """
+    variables = state.ema if state.ema is not None else _variables(state)
+    return {k: v for k, v in variables.items() if k == "params" or v}
+
+
+def update_ema(ema: dict, variables: dict, decay: float, step: jax.Array) -> dict:
+    """The bias-corrected EMA after update ``step`` (1, 2, ...): ``optax.ema(decay, debias=True)``'s value.
+
+    ``e_t = e_{t-1} + (1 - decay) / (1 - decay**t) * (v_t - e_{t-1})`` (optax.incremental_update),
+    so ``e_1 = v_1`` and ``e_t = (1 - decay) * sum_k decay**(t-k) v_k / (1 - decay**t)``, the
+    debiased average of Adam (Kingma & Ba 2015, sec. 3) with no extra state: what the
+    initial values were never matters.
+    """
+    decay = jnp.float32(decay)  # both sides in float32: the first rate is exactly 1
+    rate = (1 - decay) / (1 - decay ** jnp.asarray(step, jnp.float32))
+    return optax.incremental_update(variables, ema, rate)
+
+
+def predict(apply_fn: Any, variables: dict, x: jax.Array, tta: str = "none") -> jax.Array:
+    """Class scores of inputs ``float32[B, S, S, C]``: ``float32[B, K]`` logits, or log-probabilities.
+
+    ``tta="flip"`` returns ``log((softmax(f(x)) + softmax(f(mirror(x)))) / 2)`` (computed
+    as a logsumexp), the log of the mean probability of each image and its left-right
+    mirror; as logits they give that softmax, its argmax and its cross-entropy.
+
+    Raises:
+      ValueError: for another ``tta`` than ``"none"`` or ``"flip"``.
+    """
+    logits = apply_fn(variables, x, train=False)
+    if tta == "none":
+        return logits
+    if tta != "flip":
+        raise ValueError(f"tta must be 'none' or 'flip', got {tta!r}")
+    mirrored = apply_fn(variables, x[:, :, ::-1], train=False)
+    both = jnp.stack([jax.nn.log_softmax(z.astype(jnp.float32)) for z in (logits, mirrored)])
+    return jax.nn.logsumexp(both, axis=0) - jnp.log(2.0)
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    image_size: int,
+    augmentation: Augment = NO_AUGMENT,
+    label_smoothing: float = 0.0,
+    ema_decay: float = 0.0,
+) -> tuple[TrainState, dict]:
     """One SGD step on ``batch``; the dropout key is ``fold_in(rng, state.step)``.
 
     Args:
-      state: the current state.
+      state: the current state; with ``ema_decay``, one with ``state.ema``.
       batch: ``{"image": uint8[B, H, W, C], "label": int32[B]}``.
-      rng: the run's base dropout key; each step folds in its step number, so every
-        step gets a fresh mask and a resumed run replays the same keys.
+      rng: the run's base key; each step folds in its step number, so every step gets a
+        fresh dropout mask (and augmentation) and a resumed run replays the same keys.
       image_size: model input side in pixels (static under jit).
+      augmentation: what :func:`vggjax.training.augment.augment` does to the preprocessed
+        batch, with the key ``fold_in(fold_in(rng, state.step), AUGMENT_STREAM)`` (static).
+      label_smoothing: ``optax.smooth_labels``' alpha for the loss (0: plain one-hot).
+      ema_decay: decay of ``state.ema`` (:func:`update_ema`), updated after the step; 0 is off.
 
     Returns:
-      The new state and ``{"loss": mean cross-entropy, "accuracy": fraction correct,
-      "grad_norm": global L2 norm of the gradients}`` (float32 scalars).
+      The new state and ``{"loss": mean cross-entropy (against the smoothed labels),
+      "accuracy": fraction correct, "grad_norm": global L2 norm of the gradients}``
+      (float32 scalars).
     """
     x = preprocess(batch["image"], image_size)
     labels = batch["label"]
     dropout_rng = jax.random.fold_in(rng, state.step)
+    if augmentation.active:
+        x = augment(jax.random.fold_in(dropout_rng, AUGMENT_STREAM), x, augmentation)
 
     def loss_fn(params):
         variables = {**_variables(state), "params": params}
         logits, updates = state.apply_fn(
             variables, x, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"]
         )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        if label_smoothing:
+            targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+            loss = optax.softmax_cross_entropy(logits, targets).mean()
+        else:
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+    if ema_decay:
+        new = {"params": state.params, "batch_stats": state.batch_stats}
+        state = state.replace(ema=update_ema(state.ema, new, ema_decay, state.step))
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
@@ -125,16 +209,17 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, image_size: in
     return state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, image_size: int) -> dict:
+def eval_step(state: TrainState, batch: dict, *, image_size: int, tta: str = "none") -> dict:
     """Sums over the real (``mask``) examples of a batch: ``loss``, ``correct``, ``correct5``, ``count``.
 
-    The host adds these up over all batches and divides once, so padded batches never
-    bias the result.
+    Scores :func:`eval_variables` (the EMA when the run keeps one) through :func:`predict`
+    with ``tta`` (static). The host adds these up over all batches and divides once, so
+    padded batches never bias the result.
     """
     x = preprocess(batch["image"], image_size)
     labels = batch["label"]
     mask = batch.get("mask", jnp.ones(labels.shape, bool)).astype(jnp.float32)
-    logits = state.apply_fn(_variables(state), x, train=False)
+    logits = predict(state.apply_fn, eval_variables(state), x, tta)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
     return {

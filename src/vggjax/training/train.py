@@ -37,6 +37,7 @@ from vggjax.run.records import SPLIT_NAMES, honest_records, selection_split
 from vggjax.run.report import write_report
 from vggjax.run.resume import already_complete, check_same_model
 from vggjax.training import parallel
+from vggjax.training.augment import Augment
 from vggjax.training.inputs import load_run_data
 from vggjax.training.loop import Trainer, evaluate, warn_if_stuck
 from vggjax.training.memory import check_memory
@@ -91,15 +92,22 @@ def build_step(config: TrainConfig, mesh: jax.sharding.Mesh, steps_per_epoch: in
         model,
         make_optimizer(config, steps_per_epoch),
         input_shape=(1, config.image_size, config.image_size, config.channels),
+        ema=config.ema > 0,
     )
     rep, split = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    recipe = {
+        "augmentation": Augment(config.crop_pad, config.flip, config.erase),
+        "label_smoothing": config.label_smoothing,
+        "ema_decay": config.ema,
+    }
     train_fn = jax.jit(
-        functools.partial(train_step, image_size=config.image_size),
+        functools.partial(train_step, image_size=config.image_size, **recipe),
         in_shardings=(rep, split, rep),
         out_shardings=rep,
         donate_argnums=0,
     )
-    eval_fn = jax.jit(functools.partial(eval_step, image_size=config.image_size), out_shardings=rep)
+    evaluate_fn = functools.partial(eval_step, image_size=config.image_size, tta=config.tta)
+    eval_fn = jax.jit(evaluate_fn, out_shardings=rep)
     return Steps(model, init, init_rng, dropout_rng, train_fn, eval_fn, rep, split)
 
 
@@ -242,7 +250,8 @@ def train_and_evaluate(
         state = trainer.fit(state, start, partial)
         trainer.score_test(state, inputs.test)  # the final state, the one saved in weights/
         best = ckpts.best_step()
-    weights.save_variables(run.weights_dir, {"params": state.params, "batch_stats": state.batch_stats})
+    final = {"params": state.params, "batch_stats": state.batch_stats} if state.ema is None else state.ema
+    weights.save_variables(run.weights_dir, final)  # what was validated: the EMA when the run keeps one
     if main:
         write_report(run_dir)
     if jax.process_count() > 1:
@@ -259,7 +268,8 @@ def _init_from(init: Callable, rng: jax.Array, source: dict, *, adapt_channels: 
     state = init(rng)
     fresh = {"params": state.params, "batch_stats": state.batch_stats}
     start = pretrained.transfer(source, fresh, adapt_channels=adapt_channels, log=log)
-    return state.replace(params=start["params"], batch_stats=start["batch_stats"])
+    ema = None if state.ema is None else start
+    return state.replace(params=start["params"], batch_stats=start["batch_stats"], ema=ema)
 
 
 def _check_position(start: Position, config: TrainConfig, steps_per_epoch: int, run_dir: Path) -> None:
