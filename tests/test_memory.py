@@ -62,7 +62,7 @@ def fake_host(monkeypatch, available: int) -> None:
     monkeypatch.setattr(memory, "host_available_bytes", lambda: available)
 
 
-@pytest.mark.parametrize("preset", ["default", "d2l"])
+@pytest.mark.parametrize("preset", ["default", "d2l", "fast"])
 def test_the_presets_fit_a_24_gib_machine(preset, monkeypatch):
     fake_host(monkeypatch, 22 * 2**30)  # 24 GiB less the system's and JAX's own share
     memory.check_memory(PRESETS[preset], parallel.data_mesh())
@@ -108,3 +108,16 @@ def test_vgg16_parameter_memory_is_its_138m_parameters_three_times():
     # float32 parameters, gradients and momentum of the paper's VGG-16 (Table 2: 138M)
     e = estimate_memory(get_arch("vgg16"), input_size=224, batch=64, channels=3, num_classes=1000)
     assert e.params == 138_357_544 * 4 * 3
+
+
+def test_an_ema_is_one_more_copy_of_the_parameters(monkeypatch):
+    # The EMA of --ema is a third per-parameter array beside the parameters' gradients and
+    # momentum (issue 15): a run that fits without it can be refused with it.
+    config = TrainConfig(hidden=40_000, batch_size=1, eval_batch_size=1)  # fc7: 1.6e9 parameters
+    plain = estimate_memory(
+        config.resolved_arch(), input_size=32, batch=1, channels=1, num_classes=10, hidden=40_000
+    ).params
+    fake_host(monkeypatch, int(plain * 1.1))  # room for parameters, gradients, momentum: not an EMA
+    memory.check_memory(config, parallel.data_mesh(), evaluation=False)
+    with pytest.raises(ConfigError, match=r"\(parameters, gradients, momentum and EMA [0-9.]+ GiB"):
+        memory.check_memory(dataclasses.replace(config, ema=0.999), parallel.data_mesh(), evaluation=False)

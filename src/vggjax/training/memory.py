@@ -84,7 +84,8 @@ def check_memory(config: TrainConfig, mesh: jax.sharding.Mesh, *, evaluation: bo
     model = {"channels": config.channels, "num_classes": config.num_classes, "head": config.head}
     model |= {"hidden": config.hidden, "dtype": config.dtype, "impl": resolve_impl(config.impl)}
     arch, size = config.resolved_arch(), config.image_size
-    slots = 1 if config.momentum else 0
+    kept = ["momentum"] * bool(config.momentum) + ["EMA"] * bool(config.ema)  # per-parameter state
+    slots = len(kept)
     checks = [("training step", "--batch-size", config.batch_size, True)]
     if evaluation:
         checks.append(("evaluation batch", "--eval-batch-size", config.eval_batch_size, False))
@@ -93,8 +94,8 @@ def check_memory(config: TrainConfig, mesh: jax.sharding.Mesh, *, evaluation: bo
             arch, input_size=size, batch=math.ceil(batch / n), optimizer_slots=slots, train=train, **model
         )
         if copies * e.total > available:
-            held = {(True, 1): "parameters, gradients and momentum", (True, 0): "parameters and gradients"}
-            held = held.get((train, slots), "parameters and momentum" if slots else "parameters")
+            names = ["parameters", *["gradients"] * train, *kept]
+            held = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
             each = f" on each of {n} devices" if n > 1 and copies == 1 else ""
             parts = f"{held} {gib(copies * e.params)}, activations {gib(copies * e.activations)}"
             raise ConfigError(
