@@ -5,8 +5,10 @@
 backward-data and backward-weights primitives (``onednn_conv.cc``, built by
 :mod:`vggjax.nn.onednn_build`). Under ``jit`` each is one custom call; under ``grad`` the input
 gradient of a layer whose input is not differentiated (the first) is never computed (XLA drops
-the unused call); under ``vmap`` the calls loop over the mapped axis (``vmap_method="sequential"``:
-correct, not faster).
+the unused call). Under ``vmap`` a mapped input with shared weights is folded into the batch
+(one call); anything else (mapped weights) loops over the mapped axis (``lax.map``). Under a
+data-parallel mesh (``jit`` with the batch sharded) each device runs the calls on its own
+rows (``custom_partitioning``), and the weight gradient's partial sums are all-reduced.
 
 :func:`usable` says whether an input can take this path (oneDNN loaded, float32, a CPU backend);
 :func:`vggjax.nn.fastops.conv_general_dilated` falls back to the pure-JAX convolution otherwise.
@@ -14,9 +16,15 @@ correct, not faster).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_batching import custom_vmap
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vggjax.nn import fastops, onednn_build
 
@@ -31,13 +39,88 @@ def usable(x: jax.Array, w: jax.Array) -> bool:
     )
 
 
-def _call(target: str, shape: tuple[int, ...], *args: jax.Array, **attrs) -> jax.Array:
-    out = jax.ShapeDtypeStruct(shape, jnp.float32)
-    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args, **attrs)
+def _ffi(target: str, rule: str, shape_of, *, reduce: bool = False):
+    """The FFI call ``target`` for a k×k kernel (``shape_of(k, *args)``: the result's shape) with
+    its SPMD rule.
+
+    Under a data-parallel mesh each device runs the call on its own rows of the batch (the
+    leading axis of every batched operand); ``reduce``: the result sums over the batch (the
+    weight gradient), so each device's partial sum is all-reduced (``psum``) over the batch's
+    mesh axes. Every other axis stays whole.
+    """
+
+    def call(k: int, *args: jax.Array) -> jax.Array:
+        out = jax.ShapeDtypeStruct(shape_of(k, *args), jnp.float32)
+        return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args, pad=np.int64(k // 2))
+
+    def partition(k, mesh, arg_shapes, result_shape):
+        spec = arg_shapes[0].sharding.spec
+        axes = spec[0] if len(spec) else None
+        rows = NamedSharding(mesh, P(axes, None, None, None))
+        whole = NamedSharding(mesh, P())
+        if reduce:
+            arg_shardings, out_sharding = (rows, rows), whole
+        else:
+            arg_shardings, out_sharding = (rows, whole), rows
+
+        def lower(*args):
+            y = call(k, *args)
+            return jax.lax.psum(y, axes) if reduce and axes is not None else y
+
+        return mesh, lower, out_sharding, arg_shardings
+
+    def infer(k, mesh, arg_shapes, result_shape):
+        return partition(k, mesh, arg_shapes, result_shape)[2]
+
+    op = custom_partitioning(call, static_argnums=(0,))
+    factors = rule.replace(",", " ").replace("->", " ").split()
+    others = tuple(dict.fromkeys(f for f in factors if f != "n"))  # in rule order, as Shardy wants
+    op.def_partition(
+        partition,
+        infer_sharding_from_operands=infer,
+        sharding_rule=rule,
+        reduction_factors=("n",) if reduce else (),
+        need_replication_factors=others,
+    )
+
+    @functools.cache
+    def batchable(k: int):
+        f = custom_vmap(lambda *args: op(k, *args))
+
+        @f.def_vmap
+        def rule(axis_size, in_batched, *args):
+            if not reduce and list(in_batched) == [True, False]:  # fold the mapped axis into the batch
+                y = f(args[0].reshape(-1, *args[0].shape[2:]), args[1])
+                return y.reshape(axis_size, -1, *y.shape[1:]), True
+            args = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in zip(args, in_batched)]
+            return jax.lax.map(lambda a: f(*a), args), True
+
+        return f
+
+    def run(k: int, *args: jax.Array) -> jax.Array:
+        if not onednn_build.available():
+            raise RuntimeError(f"oneDNN convolutions: {onednn_build.status()}")
+        return batchable(k)(*args)
+
+    return run
+
+
+_conv_forward = _ffi(
+    "vggjax_conv_fwd", "n h w i, k l i o -> n h w o", lambda k, x, w: x.shape[:3] + w.shape[3:]
+)
+_backward_data = _ffi(
+    "vggjax_conv_bwd_data", "n h w o, k l i o -> n h w i", lambda k, dy, w: dy.shape[:3] + w.shape[2:3]
+)
+_backward_weights = _ffi(
+    "vggjax_conv_bwd_weights",
+    "n h w i, n h w o -> k l i o",
+    lambda k, x, dy: (k, k, x.shape[3], dy.shape[3]),
+    reduce=True,
+)
 
 
 def _forward(x: jax.Array, w: jax.Array) -> jax.Array:
-    return _call("vggjax_conv_fwd", x.shape[:3] + w.shape[3:], x, w, pad=np.int64(w.shape[0] // 2))
+    return _conv_forward(w.shape[0], x, w)
 
 
 @jax.custom_vjp
@@ -53,7 +136,7 @@ def conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
       ``lax.conv_general_dilated(x, w, (1, 1), "SAME")`` in NHWC / HWIO.
 
     Raises:
-      RuntimeError (XLA's, at run time): if the extension is not loaded; check :func:`usable`.
+      RuntimeError: if the extension cannot be loaded (the message says why); check :func:`usable`.
     """
     return _forward(x, w)
 
@@ -64,10 +147,8 @@ def _conv_fwd(x, w):
 
 def _conv_bwd(res, dy):
     x, w = res
-    pad = np.int64(w.shape[0] // 2)
-    dx = _call("vggjax_conv_bwd_data", x.shape, dy, w, pad=pad)
-    dw = _call("vggjax_conv_bwd_weights", w.shape, x, dy, pad=pad)
-    return dx, dw
+    k = w.shape[0]
+    return _backward_data(k, dy, w), _backward_weights(k, x, dy)
 
 
 conv_same.defvjp(_conv_fwd, _conv_bwd)

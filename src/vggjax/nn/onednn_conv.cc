@@ -1,6 +1,6 @@
 // oneDNN 2-D convolutions (stride 1, symmetric zero padding, float32, NHWC / HWIO) as XLA FFI
-// handlers for the CPU: forward (optionally with bias and ReLU fused as post-ops), backward-data
-// and backward-weights. Loaded and registered by vggjax/nn/onednn.py, which compiles this file.
+// handlers for the CPU: forward, backward-data and backward-weights. (run() and forward_pd() take
+// bias and ReLU post-op flags for a fused forward; no handler passes them yet.) Loaded and registered by vggjax/nn/onednn.py, which compiles this file.
 //
 // * Primitives are built once per shape and cached (mutex-protected map); they are run with a
 //   user-provided scratchpad held per calling thread, since XLA calls a handler from several
@@ -213,14 +213,6 @@ ffi::Error Forward(F32 x, F32 w, F32Out y, int64_t pad) {
   return run(kForward, s, 0, x.typed_data(), w.typed_data(), y->typed_data(), nullptr);
 }
 
-ffi::Error ForwardBias(F32 x, F32 w, F32 b, F32Out y, int64_t pad, bool relu) {
-  auto wd = w.dimensions();
-  Shape s;
-  if (auto e = shape(x, wd[0], wd[1], wd[3], pad, &s); e.failure()) return e;
-  return run(kForward, s, kBias | (relu ? kRelu : 0), x.typed_data(), w.typed_data(), y->typed_data(),
-             b.typed_data());
-}
-
 // dx[N, H, W, I] from dy[N, H, W, O] and w[kh, kw, I, O].
 ffi::Error BackwardData(F32 dy, F32 w, F32Out dx, int64_t pad) {
   auto wd = w.dimensions();
@@ -241,14 +233,6 @@ ffi::Error BackwardWeights(F32 x, F32 dy, F32Out dw, int64_t pad) {
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(vggjax_conv_fwd, Forward,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("pad"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(vggjax_conv_fwd_bias, ForwardBias,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<F32>()
-                                  .Attr<int64_t>("pad")
-                                  .Attr<bool>("relu"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(vggjax_conv_bwd_data, BackwardData,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("pad"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(vggjax_conv_bwd_weights, BackwardWeights,
