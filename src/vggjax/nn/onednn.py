@@ -92,7 +92,8 @@ def _ffi(target: str, rule: str, shape_of, *, reduce: bool = False):
             if not reduce and list(in_batched) == [True, False]:  # fold the mapped axis into the batch
                 y = f(args[0].reshape(-1, *args[0].shape[2:]), args[1])
                 return y.reshape(axis_size, -1, *y.shape[1:]), True
-            args = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in zip(args, in_batched)]
+            pairs = zip(args, in_batched, strict=True)
+            args = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in pairs]
             return jax.lax.map(lambda a: f(*a), args), True
 
         return f

@@ -132,7 +132,8 @@ def _build() -> tuple[ctypes.CDLL, str]:
     for name in TARGETS:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(so, name)), platform="cpu")
     plural = "s" if n > 1 else ""
-    return so, f"oneDNN {v // 10000}.{v // 100 % 100}.{v % 100} ({WHEEL} {version}), {n} thread{plural} per conv"
+    dnnl = f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+    return so, f"oneDNN {dnnl} ({WHEEL} {version}), {n} OpenMP thread{plural} per conv"
 
 
 def load() -> ctypes.CDLL | None:
@@ -148,7 +149,7 @@ def load() -> ctypes.CDLL | None:
                 _state["lib"], _state["reason"] = None, str(e)
                 if e.fixable:
                     warnings.warn(f"oneDNN convolutions unavailable, using pure JAX: {e}", VggjaxWarning, 2)
-            except Exception as e:  # noqa: BLE001: whatever goes wrong, the pure-JAX path still works
+            except Exception as e:  # whatever goes wrong, the pure-JAX path still works
                 _state["lib"], _state["reason"] = None, f"{type(e).__name__}: {e}"
                 warnings.warn(f"oneDNN convolutions unavailable, using pure JAX: {e}", VggjaxWarning, 2)
         return _state["lib"]  # type: ignore[return-value]
@@ -161,7 +162,7 @@ def available() -> bool:
 
 def status() -> str:
     """One line: what ``cpu_fast`` convolutions run on, e.g. ``"oneDNN 3.2.0 (onednn-cpu-gomp
-    2023.2.0), 2 threads per conv"`` or ``"pure JAX (oneDNN unavailable: <reason>)"``."""
+    2023.2.0), 1 OpenMP thread per conv"`` or ``"pure JAX (oneDNN unavailable: <reason>)"``."""
     lib = load()
     reason = str(_state["reason"])
     return reason if lib is not None else f"pure JAX (oneDNN unavailable: {reason})"
