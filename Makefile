@@ -6,12 +6,12 @@ BIN    := $(VENV)/bin
 DATA   := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: train test lint data venv clean
+.PHONY: train test lint data venv clean cxx
 
-train: venv data
+train: venv data cxx
 	$(BIN)/vggjax train $(ARGS)
 
-test: venv data
+test: venv data cxx
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
@@ -22,6 +22,11 @@ data: $(DATA)
 $(DATA):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+# g++ builds the oneDNN convolutions of impl="cpu_fast" on first use (vggjax.nn.onednn_build);
+# without it vggjax runs them in pure JAX.
+cxx:
+	@command -v g++ >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq g++; }
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml

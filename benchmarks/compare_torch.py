@@ -1,7 +1,9 @@
 """vggjax against PyTorch on this CPU: same network, batch, optimizer and input, one process.
 
-For each case the two frameworks take turns (vggjax, torch, vggjax, torch, …) so that
-load from other processes hits both alike; each figure is the median over the turns.
+For each case three sides take turns (vggjax-oneDNN, vggjax-JAX, torch, vggjax-oneDNN, …) so
+that load from other processes hits all alike; each figure is the median over the turns.
+vggjax-oneDNN is the default ``impl="cpu_fast"`` (oneDNN convolutions, vggjax.nn.onednn; the
+header line says if it fell back to pure JAX), vggjax-JAX is ``impl="cpu_jax"``.
 
 Cases (input uint8 at the model's size, scaled to [0, 1] inside the step on both sides):
   thin VGG-11 (width 0.25, hidden 4096, 1 channel, 10 classes, dropout 0.5) train step,
@@ -96,12 +98,18 @@ def torch_runner(kind, arch, channels, classes, size, batch):
     return run
 
 
-def jax_runner(kind, arch_name, width, channels, classes, size, batch):
+def jax_runner(kind, arch_name, width, channels, classes, size, batch, impl="cpu_fast"):
     from vggjax.bench import BenchConfig, InferenceRunner, TrainRunner
     from vggjax.config import TrainConfig
 
     train = TrainConfig(
-        arch=arch_name, width=width, image_size=size, channels=channels, batch_size=batch, num_classes=classes
+        arch=arch_name,
+        width=width,
+        image_size=size,
+        channels=channels,
+        batch_size=batch,
+        num_classes=classes,
+        impl=impl,
     )
     config = BenchConfig(train=train, source_size=size).validate()
     return (TrainRunner if kind == "train" else InferenceRunner)(config)
@@ -116,13 +124,16 @@ def measure(mode: str, cases: list[str], turns: int) -> list[dict]:
     import torch
 
     from vggjax.arch import get_arch
+    from vggjax.nn import onednn_build
 
     rows = []
     for name in cases:
         kind, arch_name, width, size, channels, classes, batch, steps = CASES[name]
         arch = get_arch(arch_name, width=width)
+        shape = (kind, arch_name, width, channels, classes, size, batch)
         runners = {
-            "vggjax": jax_runner(kind, arch_name, width, channels, classes, size, batch),
+            "vggjax": jax_runner(*shape, impl="cpu_fast"),
+            "vggjax_jax": jax_runner(*shape, impl="cpu_jax"),
             "torch": torch_runner(kind, arch, channels, classes, size, batch),
         }
         for run in runners.values():
@@ -139,8 +150,11 @@ def measure(mode: str, cases: list[str], turns: int) -> list[dict]:
                 "mode": mode,
                 "case": name,
                 "vggjax": med["vggjax"],
+                "vggjax_jax": med["vggjax_jax"],
                 "torch": med["torch"],
                 "ratio": med["vggjax"] / med["torch"],
+                "ratio_jax": med["vggjax_jax"] / med["torch"],
+                "convs": onednn_build.status(),
                 "turns": turns,
                 "torch_threads": torch.get_num_threads(),
             }
@@ -176,9 +190,17 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, load average {load[0]:.1f} at the end"
     )
-    print(f"{'case':<18}{'allocator':<11}{'vggjax img/s':>13}{'torch img/s':>13}{'ratio':>8}")
+    if rows:
+        print(f"vggjax-oneDNN convolutions: {rows[0]['convs']}")
+    head = ("case", "allocator", "oneDNN img/s", "JAX img/s", "torch img/s", "oneDNN/torch", "JAX/torch")
+    print(f"{head[0]:<18}{head[1]:<11}" + "".join(f"{h:>14}" for h in head[2:]))
     for r in rows:
-        print(f"{r['case']:<18}{r['mode']:<11}{r['vggjax']:>13.1f}{r['torch']:>13.1f}{r['ratio']:>8.2f}")
+        figures = (r["vggjax"], r["vggjax_jax"], r["torch"])
+        print(
+            f"{r['case']:<18}{r['mode']:<11}"
+            + "".join(f"{v:>14.1f}" for v in figures)
+            + f"{r['ratio']:>14.2f}{r['ratio_jax']:>14.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 from tiny import TINY, TINY_FLAGS
 
 from vggjax.cli import main
+from vggjax.nn import onednn_build
 
 
 def run(*args, cwd=None):
@@ -298,8 +299,22 @@ def test_version_names_what_a_bug_report_needs():
     assert p.returncode == 0, p.stderr
     names = [line.split()[0] for line in p.stdout.splitlines()]
     wanted = ["vggjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "python", "backend"]
-    assert names == wanted
+    assert names == [*wanted, "cpu_fast"]
     assert "backend cpu, 1 device(s)" in p.stdout
+    # what cpu_fast's convolutions run on: oneDNN where it loads, else pure JAX and why
+    assert p.stdout.splitlines()[-1] == f"cpu_fast convolutions: {onednn_build.status()}"
+
+
+def test_version_says_why_cpu_fast_is_pure_jax():
+    p = subprocess.run(
+        [sys.executable, "-m", "vggjax.cli", "--version"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "VGGJAX_ONEDNN": "0"},
+    )
+    assert p.returncode == 0, p.stderr
+    last = "cpu_fast convolutions: pure JAX (oneDNN unavailable: switched off by VGGJAX_ONEDNN=0)"
+    assert p.stdout.splitlines()[-1] == last
 
 
 def test_an_unknown_flag_shows_the_subcommands_usage():

@@ -29,20 +29,22 @@ def _grads(model, variables, x, labels):
 
 
 @pytest.mark.parametrize(
-    "arch, size, channels",
+    "arch, size, channels, impl",
     [
-        ("vgg11", 32, 1),  # 1-channel first layer (9 multiply-adds), im2col on the small maps
-        ("vgg11_bn", 32, 3),  # BatchNorm; 3-channel first layer through lax.conv
-        ("C", 64, 1),  # the paper's config C (1x1 convs); lax.conv on maps of 16 pixels and more
+        # cpu_fast: oneDNN convs where the extension loads (tests/test_onednn.py), else cpu_jax's
+        ("vgg11", 32, 1, "cpu_fast"),
+        ("vgg11", 32, 1, "cpu_jax"),  # 1-channel first layer (9 multiply-adds), im2col on small maps
+        ("vgg11_bn", 32, 3, "cpu_fast"),  # BatchNorm; 3-channel first layer
+        ("C", 64, 1, "cpu_fast"),  # the paper's config C (1x1 convs)
         # dilated convs fall through to lax.conv_general_dilated, the plain convs stay fast
-        ("((1,64),(2,128,3,(1,2)),(2,256,3,2),(2,512,(3,1),(2,4)),(2,512))", 32, 1),
+        ("((1,64),(2,128,3,(1,2)),(2,256,3,2),(2,512,(3,1),(2,4)),(2,512))", 32, 1, "cpu_fast"),
     ],
 )
-def test_gradients_equal_plain_model(arch, size, channels):
+def test_gradients_equal_plain_model(arch, size, channels, impl):
     x = jax.random.uniform(jax.random.key(1), (4, size, size, channels))
     labels = jnp.arange(4) % 10
     plain = tiny_model(arch, impl="xla")
-    fast = tiny_model(arch, impl="cpu_fast")
+    fast = tiny_model(arch, impl=impl)
     variables = plain.init(jax.random.key(0), x)
     loss_ref, g_ref = _grads(plain, variables, x, labels)
     loss_fast, g_fast = _grads(fast, variables, x, labels)
@@ -116,6 +118,6 @@ def test_other_convolutions_fall_through_to_lax():
 
 def test_impl_switch():
     assert resolve_impl("auto") == ("cpu_fast" if jax.default_backend() == "cpu" else "xla")
-    assert resolve_impl("xla") == "xla"
+    assert resolve_impl("xla") == "xla" and resolve_impl("cpu_jax") == "cpu_jax"
     with pytest.raises(ArchError, match="unknown impl 'fast'"):
         resolve_impl("fast")

@@ -38,6 +38,7 @@ from vggjax import data
 from vggjax.arch.summary import summarize, totals
 from vggjax.config import TrainConfig
 from vggjax.errors import ConfigError, check_positive_int
+from vggjax.nn import onednn_build
 from vggjax.nn.impl import resolve_impl
 from vggjax.training import parallel
 from vggjax.training.memory import check_memory
@@ -243,6 +244,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     report: dict[str, Any] = {
         "config": dataclasses.asdict(config),
         "impl": resolve_impl(c.impl),
+        "convs": onednn_build.status() if resolve_impl(c.impl) == "cpu_fast" else None,
         "device": str(jax.devices()[0].device_kind),
         "devices": devices,
         "backend": jax.default_backend(),
@@ -281,6 +283,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"forward {report['forward_gflop_per_image']:.3f} GFLOP/image; measured matmul peak "
         f"{report['matmul_peak_gflops']:.1f} GFLOP/s per device",
     ]
+    if report.get("convs"):
+        lines.append(f"convolutions: {report['convs']}")
     for mode in ("train", "inference"):
         if mode in report:
             r = report[mode]

@@ -26,9 +26,9 @@ from vggjax.preprocessing import PREPROCESSING, Preprocessing
 HEADS = ("flatten", "adaptive")
 POOLINGS = ("avg", "max")  # global pooling of a headless model
 INITS = ("he", "torchvision", "lecun")  # see nn.vgg.initializers
-# How convs, dense layers and pools are computed (same numbers): auto, Flax's own ops, or
-# the matmul-shaped ops of nn.fastops (see nn.vgg.VGG).
-IMPLS = ("auto", "xla", "cpu_fast")
+# How convs, dense layers and pools are computed (same numbers): auto, Flax's own ops, the
+# CPU ops of nn.fastops with oneDNN convolutions where available, or those ops in pure JAX (nn.impl).
+IMPLS = ("auto", "xla", "cpu_fast", "cpu_jax")
 DTYPES = ("float32", "bfloat16")  # compute dtypes; params stay float32
 SCHEDULES = ("constant", "cosine", "onecycle")  # see training.optim.make_schedule
 TTAS = ("none", "flip")  # test-time augmentation: see training.steps.predict
@@ -85,7 +85,7 @@ class TrainConfig:
     )
     impl: str = option(
         "auto",
-        "auto: fast matmul-shaped ops on CPU, Flax's elsewhere; xla; cpu_fast; same numbers",
+        "auto: cpu_fast on CPU, xla elsewhere; cpu_fast: oneDNN convs where available; cpu_jax; same numbers",
         choices=IMPLS,
     )
     dtype: str = option(

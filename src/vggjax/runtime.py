@@ -60,7 +60,8 @@ def keep_freed_memory() -> bool:
 
 
 class VersionAction(argparse.Action):
-    """``vggjax --version``: vggjax, its main dependencies, Python, JAX's default backend and devices."""
+    """``vggjax --version``: vggjax, its main dependencies, Python, JAX's default backend and devices,
+    and what ``impl="cpu_fast"`` convolutions run on (oneDNN, or pure JAX and why)."""
 
     def __init__(self, option_strings, dest, **kwargs):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
@@ -77,6 +78,9 @@ class VersionAction(argparse.Action):
         print(f"python {platform.python_version()} ({platform.machine()}, {platform.system()})")
         devices = jax.devices()
         print(f"backend {jax.default_backend()}, {len(devices)} device(s): {devices[0].device_kind}")
+        from vggjax.nn import onednn_build
+
+        print(f"cpu_fast convolutions: {onednn_build.status()}")
         parser.exit()
 
 

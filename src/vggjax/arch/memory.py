@@ -38,7 +38,7 @@ from vggjax.arch.summary import summarize, totals
 
 # Bytes of activation memory per activation counted, in units of the compute dtype's
 # size, for each implementation of the ops (see vggjax.nn.impl); measured as above.
-ACTIVATION_FACTOR = {"xla": 3.5, "cpu_fast": 2.0}
+ACTIVATION_FACTOR = {"xla": 3.5, "cpu_fast": 2.0, "cpu_jax": 2.0}
 EVAL_FACTOR = 2.0  # × the largest layer output, for a forward pass
 PARAM_BYTES = 4  # float32
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}

@@ -30,6 +30,7 @@ same parameters, so a dilated arch runs (correctly, at XLA's speed) under ``cpu_
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -190,13 +191,16 @@ def conv_general_dilated(
     dimension_numbers: Any = None,
     feature_group_count: int = 1,
     precision: Any = None,
+    *,
+    same_conv: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     **kwargs: Any,
 ) -> jax.Array:
     """Drop-in for ``lax.conv_general_dilated`` (``nn.Conv(conv_general_dilated=...)``).
 
-    Runs :func:`conv_same` for the convolutions VGG uses (2-D NHWC/HWIO, stride 1, no
-    dilation, one group, symmetric padding k//2, odd square kernel) and hands any
-    other convolution (a dilated one included) to ``lax.conv_general_dilated`` unchanged.
+    Runs ``same_conv`` (default :func:`conv_same`; :mod:`vggjax.nn.impl` passes the oneDNN
+    one) for the convolutions VGG uses (2-D NHWC/HWIO, stride 1, no dilation, one group,
+    symmetric padding k//2, odd square kernel) and hands any other convolution (a dilated
+    one included) to ``lax.conv_general_dilated`` unchanged.
     """
     k = rhs.shape[0]
     plain = (
@@ -213,7 +217,7 @@ def conv_general_dilated(
         and [tuple(p) for p in padding] == [(k // 2, k // 2)] * 2
     )
     if plain:
-        return conv_same(lhs, rhs)
+        return (same_conv or conv_same)(lhs, rhs)
     return lax.conv_general_dilated(
         lhs,
         rhs,

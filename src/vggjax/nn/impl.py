@@ -1,24 +1,33 @@
 """Which ops compute a VGG's convs, dense layers and pools: Flax's own, or :mod:`vggjax.nn.fastops`.
 
-Both give the same parameters and (to float rounding) the same outputs and gradients;
+All give the same parameters and (to float rounding) the same outputs and gradients;
 only the speed differs. ``"xla"`` is the reference: Flax's defaults
-(``lax.conv_general_dilated``, ``lax.dot_general``, ``nn.max_pool``). ``"cpu_fast"``
+(``lax.conv_general_dilated``, ``lax.dot_general``, ``nn.max_pool``). ``"cpu_jax"``
 swaps in :mod:`vggjax.nn.fastops`, matmul-shaped ops with hand-written gradients that
 XLA:CPU runs well (dilated convs fall through to Flax's op there: same result, XLA's
-speed). ``"auto"`` picks ``"cpu_fast"`` on a CPU backend and ``"xla"`` on GPU/TPU.
+speed). ``"cpu_fast"`` is ``"cpu_jax"`` with the float32 convolutions on oneDNN
+(:mod:`vggjax.nn.onednn`) where its extension builds and loads
+(:func:`vggjax.nn.onednn_build.status` says whether and why not); elsewhere it is
+``"cpu_jax"``. ``"auto"`` picks ``"cpu_fast"`` on a CPU backend and ``"xla"`` on GPU/TPU.
 The choices are :data:`vggjax.config.IMPLS`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 
 from vggjax.config import IMPLS
 from vggjax.errors import ArchError
-from vggjax.nn import fastops
+from vggjax.nn import fastops, onednn
 from vggjax.nn.ops import max_pool_2x2
+
+_CONVS = {
+    "cpu_jax": fastops.conv_general_dilated,
+    "cpu_fast": functools.partial(fastops.conv_general_dilated, same_conv=onednn.conv_or_jax),
+}
 
 
 def resolve_impl(impl: str) -> str:
@@ -39,17 +48,19 @@ def layer_ops(impl: str) -> dict[str, Any]:
 
     Returns:
       ``{"conv": {...}, "dense": {...}, "pool": fn}``: empty dicts and
-      :func:`vggjax.nn.ops.max_pool_2x2` for ``"xla"``; for ``"cpu_fast"``,
-      ``conv_general_dilated=``, ``dot_general=`` and the pool of :mod:`vggjax.nn.fastops`.
+      :func:`vggjax.nn.ops.max_pool_2x2` for ``"xla"``; for ``"cpu_jax"`` and
+      ``"cpu_fast"``, ``conv_general_dilated=`` (oneDNN's same-padded convs for
+      ``"cpu_fast"``), ``dot_general=`` and the pool of :mod:`vggjax.nn.fastops`.
       ``pool`` maps ``float32[N, H, W, C]`` to ``[N, H//2, W//2, C]``.
 
     Raises:
       ArchError: for an unknown implementation.
     """
-    if resolve_impl(impl) == "xla":
+    impl = resolve_impl(impl)
+    if impl == "xla":
         return {"conv": {}, "dense": {}, "pool": max_pool_2x2}
     return {
-        "conv": {"conv_general_dilated": fastops.conv_general_dilated},
+        "conv": {"conv_general_dilated": _CONVS[impl]},
         "dense": {"dot_general": fastops.dot_general},
         "pool": fastops.max_pool_2x2,
     }

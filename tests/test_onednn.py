@@ -1,0 +1,177 @@
+"""oneDNN convolutions (impl="cpu_fast" on x86-64 Linux) against lax.conv, and the pure-JAX fallback.
+
+Every conv layer shape of the VGG configs A-E, thin (width 0.25, as ``vggjax train`` runs them)
+and full width (at 32 and 64 only under the slow mark), at 32, 64 and 224 pixels, 1- and 3-channel
+inputs: forward, input gradient and
+weight gradient within 1e-5 (relative, in norm) of ``lax.conv_general_dilated`` and its autodiff.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from tiny import tiny_model
+
+from vggjax.arch import get_arch
+from vggjax.nn import onednn, onednn_build
+
+pytestmark = pytest.mark.skipif(
+    not onednn_build.available(), reason=f"oneDNN extension: {onednn_build.status()}"
+)
+
+
+def _layer_shapes(widths, sizes=(32, 64, 224), channels=(1, 3)):
+    """Distinct ``(side, in channels, out channels, kernel)`` of the convs of configs A-E."""
+    out = set()
+    for name in ("A", "B", "C", "D", "E"):
+        for width in widths:
+            for size in sizes:
+                for c in channels:
+                    side, cin = size, c
+                    for block in get_arch(name, width=width).blocks:
+                        for k in block.kernels:
+                            out.add((side, cin, block.channels, k))
+                            cin = block.channels
+                        side //= 2
+    return sorted(out)
+
+
+def _reference(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _with_grads(conv):
+    def f(x, w, ct):
+        y, vjp = jax.vjp(conv, x, w)
+        return (y, *vjp(ct))
+
+    return jax.jit(f)
+
+
+REF, GOT = _with_grads(_reference), _with_grads(onednn.conv_same)
+NAMES = ("forward", "input grad", "weight grad")
+
+
+def _rel(got, want):
+    return float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
+
+
+@pytest.mark.parametrize(
+    "width, sizes, count",
+    [
+        (0.25, (32, 64, 224), 37),  # what vggjax train runs (thin VGGs)
+        (1.0, (224,), 13),  # the ImageNet VGGs (converted torchvision weights)
+        pytest.param(1.0, (32, 64), 24, marks=pytest.mark.slow),  # full width on small images
+    ],
+)
+def test_every_vgg_layer_shape_matches_lax_conv(width, sizes, count):
+    shapes = _layer_shapes((width,), sizes)
+    assert len(shapes) == count
+    worst = {}
+    rng = np.random.default_rng(0)  # numpy: jax.random would compile anew for every shape
+    for side, cin, cout, k in shapes:
+        x = rng.standard_normal((1, side, side, cin), np.float32)
+        w = rng.standard_normal((k, k, cin, cout), np.float32) / np.float32(np.sqrt(k * k * cin))
+        ct = rng.standard_normal((1, side, side, cout), np.float32)
+        for name, got, want in zip(NAMES, GOT(x, w, ct), REF(x, w, ct), strict=True):
+            worst[(side, cin, cout, k, name)] = _rel(got, want)
+    bad = {shape: err for shape, err in worst.items() if not err < 1e-5}
+    assert not bad, bad
+
+
+def _conv_calls(model, x):
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    text = jax.jit(lambda v: model.apply(v, x)).lower(variables).as_text()
+    return text.count("vggjax_conv_fwd")
+
+
+def test_cpu_fast_runs_its_convs_on_onednn_and_cpu_jax_does_not():
+    x = jnp.ones((2, 32, 32, 1))
+    assert _conv_calls(tiny_model("vgg11", impl="cpu_fast"), x) == 8  # VGG-11's 8 convs
+    assert _conv_calls(tiny_model("vgg11", impl="cpu_jax"), x) == 0
+
+
+def test_vmap_folds_the_mapped_axis_or_loops():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 2, 8, 8, 4), np.float32)
+    w = rng.standard_normal((3, 3, 3, 4, 6), np.float32)
+
+    def loss(x, w, conv):
+        return jnp.sum(conv(x, w) ** 2)
+
+    for axes, ws in (((0, None), w[0]), ((0, 0), w)):  # shared weights: folded; mapped weights: lax.map
+        got = jax.vmap(jax.value_and_grad(loss, (0, 1)), (*axes, None))(x, ws, onednn.conv_same)
+        want = jax.vmap(jax.value_and_grad(loss, (0, 1)), (*axes, None))(x, ws, _reference)
+        for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(g, r, rtol=2e-5, atol=1e-4)
+
+
+SMALL = "((1,16),(1,32))"  # two conv blocks: quick to compile
+
+
+def _grads(impl: str, x: jax.Array) -> list[np.ndarray]:
+    model = tiny_model(SMALL, impl=impl)
+    v = jax.jit(model.init)(jax.random.key(0), x[:1])
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(model.apply(v, x) ** 2)))
+    return [np.asarray(g) for g in jax.tree.leaves(grad(v))]
+
+
+def test_switched_off_falls_back_to_pure_jax_with_the_same_numbers(monkeypatch):
+    env = {**os.environ, "VGGJAX_ONEDNN": "0"}
+    code = "from vggjax.nn import onednn_build; print(onednn_build.status())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "pure JAX (oneDNN unavailable: switched off by VGGJAX_ONEDNN=0)"
+    x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 1))
+    with_onednn = _grads("cpu_fast", x)
+    monkeypatch.setattr(onednn_build, "_state", {"lib": None, "reason": "switched off by VGGJAX_ONEDNN=0"})
+    assert _conv_calls(tiny_model(SMALL, impl="cpu_fast"), x) == 0
+    fallback, pure = _grads("cpu_fast", x), _grads("cpu_jax", x)
+    for f, p, o in zip(fallback, pure, with_onednn, strict=True):
+        np.testing.assert_array_equal(f, p)  # the same ops: bit for bit
+        assert np.linalg.norm(f - o) <= 1e-5 * np.linalg.norm(o)
+
+
+CHILD = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+sys.path.insert(0, "tests")
+from tiny import tiny_model
+from jax.sharding import NamedSharding, PartitionSpec as P
+x = jax.random.uniform(jax.random.key(1), (8, 16, 16, 1))
+mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+x = jax.device_put(x, NamedSharding(mesh, P("data")))
+out = {}
+for impl in ("cpu_fast", "xla"):
+    model = tiny_model(sys.argv[1], impl=impl)
+    v = jax.device_put(jax.jit(model.init)(jax.random.key(0), x[:1]), NamedSharding(mesh, P()))
+    grad = jax.jit(jax.grad(lambda v, x: jnp.sum(model.apply(v, x) ** 2)))
+    hlo = grad.lower(v, x).compile().as_text()
+    out[impl] = {
+        "grads": [np.asarray(g).ravel().tolist() for g in jax.tree.leaves(grad(v, x))],
+        "all_gathers": hlo.count("all-gather("),
+        "conv_calls": [line.split("=")[1].split("{")[0].strip() for line in hlo.splitlines()
+                       if 'custom_call_target="vggjax_conv_fwd"' in line],
+    }
+print(json.dumps(out))
+"""
+
+
+def test_data_mesh_runs_one_call_per_device_shard():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, SMALL], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    fast = out["cpu_fast"]
+    # both convs, each on the device's 2 of the 8 images; no activation gathered onto every device
+    assert sorted(fast["conv_calls"]) == ["f32[2,16,16,2]", "f32[2,8,8,4]"]  # tiny width: 2 and 4 channels
+    assert fast["all_gathers"] == 0
+    for g, r in zip(fast["grads"], out["xla"]["grads"], strict=True):
+        assert np.linalg.norm(np.subtract(g, r)) <= 1e-4 * np.linalg.norm(r)
