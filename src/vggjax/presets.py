@@ -28,7 +28,7 @@ PRESETS: dict[str, TrainConfig] = {
         val_size=0,  # the chapter validates (and so selects) on the test split
     ),
     # A short recipe for a 2-core CPU: the thin VGG-11 with BatchNorm (vgg11_bn at width 0.25,
-    # 16/32/64/128/128 channels) and a 512-wide head, 8 epochs of SGD with warm-up and cosine
+    # 16/32/64/128/128 channels) and a 512-wide head, 5 epochs of SGD with warm-up and cosine
     # decay, random 2-pixel crops and flips, flip averaging at evaluation. Measured figures:
     # docs/training.md, "Recipes".
     #   vggjax train --preset fast
@@ -36,7 +36,7 @@ PRESETS: dict[str, TrainConfig] = {
         arch="vgg11_bn",
         hidden=512,
         dropout_rate=0.3,
-        epochs=8,
+        epochs=5,
         lr=0.1,
         warmup_epochs=0.3,
         crop_pad=2,
