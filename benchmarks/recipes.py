@@ -93,7 +93,7 @@ def count_params(config: dict) -> int:
         head=head,
         hidden=config["hidden"],
     )
-    return totals(rows)["params"]
+    return totals(rows)["total_params"]
 
 
 def mean_std(values: list[float]) -> str:
@@ -141,7 +141,8 @@ def plot(results: list[dict], path: Path) -> None:
         ax.plot(range(1, len(r["curve"]) + 1), r["curve"], color=colour, alpha=0.8, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
-    ax.set_ylim(0.85, 0.97)
+    ax.set_ylim(0.80, 0.97)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(title="preset")
     fig.tight_layout()
