@@ -41,7 +41,8 @@ def test_bench_step_is_trains_step(tmp_path):
     # state (key 0) and a one-device step, so it timed something `vggjax train` never runs.
     # Two steps of bench on train's images must end bitwise where a real run's two steps end.
     config = TrainConfig(
-        width=0.125, hidden=32, batch_size=16, epochs=1, lr=0.2, limit_train=32, limit_test=16, seed=3
+        width=0.125, hidden=32, batch_size=16, epochs=1, lr=0.2, limit_train=32, limit_test=16, seed=3,
+        val_size=0,  # train on the first 32 images, the ones bench is given below
     )
     train_and_evaluate(config, tmp_path / "run", progress=False, log=lambda s: None)
     trained = load_variables(tmp_path / "run" / "weights")
@@ -111,4 +112,7 @@ def test_bad_settings_are_user_errors(capsys):
         BenchConfig(repeats=0).validate()
     assert main(["bench", "--image-size", "16"]) == 2
     err = capsys.readouterr().err
-    assert err == "error: --image-size 16 is too small for 5 2x2 max-pools; use at least 32\n"
+    assert err == (
+        "error: --image-size 16 is too small for 5 2x2 max-pools; use at least 32 "
+        "(or a four-pool arch such as vgg11_28)\n"
+    )

@@ -218,7 +218,7 @@ class TrainConfig:
             raise ConfigError(
                 f"--image-size {self.image_size} is too small for {len(arch.blocks)} 2x2 max-pools; "
                 f"use at least {arch.min_input_size}"
-                + (" (or a four-pool arch such as vgg11_28 for 28x28)" if self.image_size >= 16 else "")
+                + (" (or a four-pool arch such as vgg11_28)" if self.image_size >= 16 else "")
             )
         return self
 
