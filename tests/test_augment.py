@@ -212,14 +212,15 @@ def test_ema_weights_are_what_eval_scores_when_the_run_used_ema(tmp_path):
         np.testing.assert_array_equal(x, y)  # weights/ holds the checkpoint's EMA (params and batch_stats)
     last = read_jsonl(run_dir / "metrics.jsonl")[-1]
     report = evaluate_run(run_dir, limit_test=200, batch_size=100, num_mistakes=0)
-    assert report["acc"] == pytest.approx(last["val_acc"], abs=1e-9)
-    assert report["loss"] == pytest.approx(last["val_loss"], rel=1e-4)
-    # The raw weights score otherwise: validation and eval did use the EMA.
+    # The run scores the test split once, at the end, on the weights it saves: eval must agree.
+    assert report["acc"] == pytest.approx(last["test_acc"], abs=1e-9)
+    assert report["loss"] == pytest.approx(last["test_loss"], rel=1e-4)
+    # The raw weights score otherwise: the run's scoring and eval did use the EMA.
     save_variables(tmp_path / "raw", {"params": saved["params"], "batch_stats": saved["batch_stats"]})
     raw = evaluate_run(
         run_dir, checkpoint_dir=tmp_path / "raw", limit_test=200, batch_size=100, num_mistakes=0
     )
-    assert abs(raw["loss"] - last["val_loss"]) > 1e-3, (raw["loss"], last["val_loss"])
+    assert abs(raw["loss"] - last["test_loss"]) > 1e-3, (raw["loss"], last["test_loss"])
     flip = evaluate_run(run_dir, limit_test=200, batch_size=100, num_mistakes=0, tta="flip")
     assert flip["loss"] != report["loss"] and flip["count"] == 200
 
