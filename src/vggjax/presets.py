@@ -31,7 +31,8 @@ PRESETS: dict[str, TrainConfig] = {
     # 16/32/64/128/128 channels) and a 512-wide head, 5 epochs of SGD with warm-up and cosine
     # decay, random 2-pixel crops and flips, flip averaging at evaluation.
     #   vggjax train --preset fast
-    # Seed 0, idle 2-core VM, 2026-12-02: val acc 0.9234, test acc 0.9127, 343 s from the
+    # Seeds 0 and 1, idle 2-core VM, 2026-12-02: val acc 0.9234, 0.9168, test acc 0.9127, 0.9148,
+    # 343 and 410 s from the
     # command to its last line (benchmarks/recipes.py; docs/training.md, "Recipes"). Short of
     # the 0.935 of the published 26M-parameter VGG16.
     "fast": TrainConfig(
