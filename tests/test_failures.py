@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny import TINY_TRAIN_FLAGS, tiny_config
+from tiny import TINY_TRAIN_FLAGS, save_finished_state, tiny_config
 
 from vggjax import data
 from vggjax.cli import main
@@ -705,21 +705,7 @@ def make_finished_run(run_dir: Path) -> Path:
     """A run folder as ``vggjax train`` leaves it after its last epoch (no training needed)."""
     make_run(run_dir, config=FINISHED, checkpoint_of=None)
     record = {"epoch": 1, "step": 4, "train_loss": 2.3, "val_loss": 2.3, "val_acc": 0.1}
-    (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
-    state = create_train_state(
-        from_config(FINISHED), make_optimizer(FINISHED, 4), jax.random.key(0), (1, 32, 32, 1)
-    )
-    state = state.replace(step=jnp.asarray(4, jnp.int32))
-    with RunCheckpoints(run_dir / "checkpoints") as ckpts:
-        ckpts.save(
-            state,
-            rng=jax.random.key(1),
-            position=Position(2, 0),
-            model=model_signature(FINISHED),
-            records=[record],
-            val_acc=0.1,
-        )
-    save_variables(run_dir / "weights", {"params": state.params, "batch_stats": state.batch_stats})
+    save_finished_state(run_dir, FINISHED, record)
     (run_dir / "report.html").write_text("<html>the report</html>\n")
     return run_dir
 

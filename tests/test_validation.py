@@ -4,28 +4,20 @@ split read only at the end; honest field names; old run folders still evaluate a
 import dataclasses
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny import tiny_config
+from tiny import save_finished_state, tiny_config
 
 import vggjax.data.fashion_mnist as fashion_mnist
 from vggjax import data
 from vggjax.cli import main
 from vggjax.config import TrainConfig
-from vggjax.nn.fit import from_config
 from vggjax.presets import PRESETS
-from vggjax.run.checkpoint import RunCheckpoints
 from vggjax.run.files import read_jsonl
-from vggjax.run.meta import Position, model_signature
 from vggjax.run.records import honest_records
 from vggjax.run.report import write_report
 from vggjax.run.resume import resume_config
-from vggjax.run.weights import save_variables
 from vggjax.training.inputs import load_run_data
-from vggjax.training.optim import make_optimizer
-from vggjax.training.steps import create_train_state
 from vggjax.training.train import train_and_evaluate
 
 RUN = tiny_config(limit_train=64, limit_test=64, batch_size=16, epochs=2, dropout_rate=0.0)
@@ -186,21 +178,7 @@ def old_run(run_dir):
     del saved["val_size"], saved["eval_test_every_epoch"]
     (run_dir / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
     record = {"epoch": 1, "step": 4, "train_loss": 2.3, "train_acc": 0.1, "val_loss": 2.25, "val_acc": 0.125}
-    (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
-    state = create_train_state(
-        from_config(config), make_optimizer(config, 4), jax.random.key(0), (1, 32, 32, 1)
-    )
-    state = state.replace(step=jnp.asarray(4, jnp.int32))
-    with RunCheckpoints(run_dir / "checkpoints") as ckpts:
-        ckpts.save(
-            state,
-            rng=jax.random.key(1),
-            position=Position(2, 0),
-            model=model_signature(config),
-            records=[record],
-            val_acc=0.125,
-        )
-    save_variables(run_dir / "weights", {"params": state.params, "batch_stats": state.batch_stats})
+    save_finished_state(run_dir, config, record)
     write_report(run_dir)
     return run_dir
 

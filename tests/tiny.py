@@ -30,3 +30,36 @@ def tiny_model(arch: str = "vgg11", **overrides):
     from vggjax.nn.vgg import build_model
 
     return build_model(arch, **{**TINY, **overrides})
+
+
+def save_finished_state(run_dir, config: TrainConfig, record: dict) -> None:
+    """Writes what a run's last epoch leaves beside its config: ``metrics.jsonl`` holding
+    ``record``, an end-of-run checkpoint (step 4, selection accuracy ``record["val_acc"]``) and
+    ``weights/``, from a fresh state of ``config`` (no training needed)."""
+    import json
+
+    import jax
+    import jax.numpy as jnp
+
+    from vggjax.nn.fit import from_config
+    from vggjax.run.checkpoint import RunCheckpoints
+    from vggjax.run.meta import Position, model_signature
+    from vggjax.run.weights import save_variables
+    from vggjax.training.optim import make_optimizer
+    from vggjax.training.steps import create_train_state
+
+    (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    state = create_train_state(
+        from_config(config), make_optimizer(config, 4), jax.random.key(0), (1, 32, 32, 1)
+    )
+    state = state.replace(step=jnp.asarray(4, jnp.int32))
+    with RunCheckpoints(run_dir / "checkpoints") as ckpts:
+        ckpts.save(
+            state,
+            rng=jax.random.key(1),
+            position=Position(2, 0),
+            model=model_signature(config),
+            records=[record],
+            val_acc=record["val_acc"],
+        )
+    save_variables(run_dir / "weights", {"params": state.params, "batch_stats": state.batch_stats})
