@@ -103,6 +103,17 @@ def test_cli_bench_json(capsys):
     assert report["config"]["train"]["image_size"] == 32 and report["config"]["train"]["dtype"] == "float32"
 
 
+def test_cli_bench_times_a_three_channel_model(capsys):
+    # Bug: a 3-channel model took Fashion-MNIST's 1-channel preprocessing and was refused
+    # ("does not fit a model of 3 channel(s); delete it from config.json") before timing.
+    argv = ["bench", *TINY_FLAGS, "--channels", "3", "--num-classes", "1000", "--batch-size", "4"]
+    assert main([*argv, "--steps", "1", "--repeats", "1", "--only", "inference", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"]["train"]["channels"] == 3 and report["inference"]["images_per_s"] > 0
+    assert TrainConfig(channels=3).validate().preprocessing is None
+    assert TrainConfig().preprocessing.channels == 1
+
+
 def test_bad_settings_are_user_errors(capsys):
     with pytest.raises(ConfigError, match="--dtype"):
         BenchConfig(train=TrainConfig(dtype="float16")).validate()

@@ -164,8 +164,11 @@ class TrainConfig:
     )
 
     def __post_init__(self):
-        if self.preprocessing is None and self.dataset in PREPROCESSING:
-            object.__setattr__(self, "preprocessing", PREPROCESSING[self.dataset])
+        # The dataset's preprocessing, where it fits the model's channels (a 3-channel model timed
+        # by `vggjax bench` has none; training it on grey images fails on the images' channels).
+        default = PREPROCESSING.get(self.dataset)
+        if self.preprocessing is None and default is not None and default.channels == self.channels:
+            object.__setattr__(self, "preprocessing", default)
 
     def resolved_arch(self) -> Arch:
         """The :class:`~vggjax.arch.Arch` this config trains (width applied)."""
@@ -213,7 +216,8 @@ class TrainConfig:
             allowed, value = f.metadata["choices"], getattr(self, f.name)
             if allowed and value not in allowed:
                 raise ConfigError(f"--{flag_name(f.name)} must be one of {', '.join(allowed)}, got {value!r}")
-        self.preprocessing.check(self.channels)
+        if self.preprocessing is not None:
+            self.preprocessing.check(self.channels)
         if self.image_size < arch.min_input_size:
             raise ConfigError(
                 f"--image-size {self.image_size} is too small for {len(arch.blocks)} 2x2 max-pools; "
