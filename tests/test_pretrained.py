@@ -65,8 +65,9 @@ def test_config_json_without_preprocessing_takes_its_datasets(small):
     assert TrainConfig.from_dict(saved) == TrainConfig.load(root / "run" / "config.json")
     old = {k: v for k, v in saved.items() if k != "preprocessing"}  # written before it was recorded
     assert TrainConfig.from_dict(old).preprocessing == PREPROCESSING["imagenet"]
-    old["dataset"] = "fashion-mnist"
-    assert TrainConfig.from_dict(old).preprocessing == PREPROCESSING["fashion-mnist"]
+    old["dataset"] = "fashion-mnist"  # a 3-channel model cannot use the grey images' preprocessing
+    assert TrainConfig.from_dict(old).preprocessing is None
+    assert TrainConfig.from_dict({**old, "channels": 1}).preprocessing == PREPROCESSING["fashion-mnist"]
     with pytest.raises(ConfigError, match="preprocessing needs the keys"):
         TrainConfig.from_dict({**saved, "preprocessing": {"size": 224}})
     wrong = {**saved, "preprocessing": {**saved["preprocessing"], "channels": 1, "mean": [0.5], "std": [0.5]}}
