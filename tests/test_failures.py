@@ -167,7 +167,7 @@ CASES = {
     "arch negative channels": (["--arch", "((1,-16),)"], "channels must be a positive integer, got -16"),
     "arch non-integer convs": (["--arch", "((1.5,16),)"], "num_convs must be a positive integer, got 1.5"),
     "arch unknown name": (["--arch", "vgg99"], "unknown arch 'vgg99'; use one of"),
-    "preset unknown": (["--preset", "gpu"], "unknown preset 'gpu'; use one of default, d2l, fast"),
+    "preset unknown": (["--preset", "gpu"], "unknown preset 'gpu'; use one of default, d2l, fast, best"),
     "width zero": (["--width", "0"], "width multiplier must be > 0, got 0.0"),
     "width negative": (["--width", "-0.5"], "width multiplier must be > 0, got -0.5"),
     "width infinite": (["--width", "inf"], "width multiplier must be finite, got inf"),

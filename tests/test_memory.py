@@ -62,7 +62,7 @@ def fake_host(monkeypatch, available: int) -> None:
     monkeypatch.setattr(memory, "host_available_bytes", lambda: available)
 
 
-@pytest.mark.parametrize("preset", ["default", "d2l", "fast"])
+@pytest.mark.parametrize("preset", ["default", "d2l", "fast", "best"])
 def test_the_presets_fit_a_24_gib_machine(preset, monkeypatch):
     fake_host(monkeypatch, 22 * 2**30)  # 24 GiB less the system's and JAX's own share
     memory.check_memory(PRESETS[preset], parallel.data_mesh())
