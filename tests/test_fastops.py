@@ -15,16 +15,13 @@ from vggjax.nn import fastops
 from vggjax.nn.impl import resolve_impl
 from vggjax.nn.vgg import VGG
 
+# The training forward that both the gradients and the branch check run (same dropout mask).
+TRAIN = {"train": True, "rngs": {"dropout": jax.random.key(2)}, "mutable": ["batch_stats"]}
+
 
 def _grads(model, variables, x, labels):
     def loss(params):
-        logits, _ = model.apply(
-            {**variables, "params": params},
-            x,
-            train=True,
-            rngs={"dropout": jax.random.key(2)},
-            mutable=["batch_stats"],
-        )
+        logits, _ = model.apply({**variables, "params": params}, x, **TRAIN)
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
     return jax.jit(jax.value_and_grad(loss))(variables["params"])
@@ -32,12 +29,11 @@ def _grads(model, variables, x, labels):
 
 def _branches(model, variables, x):
     """The piecewise-linear branches ``model`` takes on ``x``: every ReLU's mask and every
-    2×2 max-pool's argmax, in the training forward of :func:`_grads`."""
+    2×2 max-pool's argmax, in the training forward (:data:`TRAIN`)."""
     names = feature_names(model.arch, head=True)
 
     def forward(v, x):
-        kw = {"train": True, "rngs": {"dropout": jax.random.key(2)}, "mutable": ["batch_stats"]}
-        return model.apply(v, x, names, method=VGG.features, **kw)[0]
+        return model.apply(v, x, names, method=VGG.features, **TRAIN)[0]
 
     feats = jax.jit(forward)(variables, x)
     found = []
