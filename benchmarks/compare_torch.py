@@ -8,7 +8,10 @@ header line says if it fell back to pure JAX), vggjax-JAX is ``impl="cpu_jax"``.
 Cases (input uint8 at the model's size, scaled to [0, 1] inside the step on both sides):
   thin VGG-11 (width 0.25, hidden 4096, 1 channel, 10 classes, dropout 0.5) train step,
     SGD momentum 0.9 weight decay 5e-4, at 32x32 and 64x64 (batch 128) and 224x224 (batch 32);
-  VGG-16 (3 channels, 1000 classes) inference at 224x224, batch 8.
+  VGG-16 (3 channels, 1000 classes) inference at 224x224, batch 8;
+  LPIPS-VGG v0.1 against the ``lpips`` package (benchmarks/lpips_speed.py's steps): the distance
+    of 8 pairs of 64x64 RGB images, and its gradient with respect to one image of each pair
+    (the loss use); figures in pairs/s.
 
 Each allocator mode runs in a fresh child process, since glibc reads its settings once:
   default:   glibc as it comes; vggjax's mallopt is switched off (VGGJAX_MALLOC=default).
@@ -17,7 +20,8 @@ Each allocator mode runs in a fresh child process, since glibc reads its setting
              frameworks in the process; this is the same setting `vggjax` applies to
              itself with mallopt.
 
-Needs PyTorch (CPU): `.venv/bin/pip install torch==2.13.0`; it is not a vggjax dependency.
+Needs the test extra (torch, torchvision, lpips): `.venv/bin/pip install -e '.[test]'`; none of
+them is a vggjax dependency.
 
     .venv/bin/python benchmarks/compare_torch.py            # both modes, all cases
     .venv/bin/python benchmarks/compare_torch.py --mode allocator --cases vgg11-32 --turns 3
@@ -33,6 +37,9 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # lpips_speed's steps
 
 ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647", "MALLOC_ARENA_MAX": "1"}
 # name: (kind, arch, width, image size, channels, classes, batch, steps per turn)
@@ -41,6 +48,8 @@ CASES = {
     "vgg11-64": ("train", "vgg11", 0.25, 64, 1, 10, 128, 2),
     "vgg11-224": ("train", "vgg11", 0.25, 224, 1, 10, 32, 1),
     "vgg16-224-infer": ("inference", "vgg16", 1.0, 224, 3, 1000, 8, 1),
+    "lpips-64": ("lpips", "vgg16", 1.0, 64, 3, 0, 8, 4),
+    "lpips-64-grad": ("lpips-grad", "vgg16", 1.0, 64, 3, 0, 8, 2),
 }
 
 
@@ -71,6 +80,11 @@ def torch_vgg(arch, channels: int, classes: int, size: int):
 def torch_runner(kind, arch, channels, classes, size, batch):
     import torch
 
+    if kind.startswith("lpips"):
+        from lpips_speed import torch_step
+
+        return repeated(torch_step(batch, size, kind == "lpips-grad"))
+
     torch.manual_seed(0)
     model = torch_vgg(arch, channels, classes, size)
     images = torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8)
@@ -98,7 +112,21 @@ def torch_runner(kind, arch, channels, classes, size, batch):
     return run
 
 
+def repeated(step):
+    """``run(n)``: ``step()`` n times (each call blocks until its result is ready)."""
+
+    def run(n):
+        for _ in range(n):
+            step()
+
+    return run
+
+
 def jax_runner(kind, arch_name, width, channels, classes, size, batch, impl="cpu_fast"):
+    if kind.startswith("lpips"):
+        from lpips_speed import vggjax_step
+
+        return repeated(vggjax_step(batch, size, kind == "lpips-grad", "float32", impl))
     from vggjax.bench import BenchConfig, InferenceRunner, TrainRunner
     from vggjax.config import TrainConfig
 
@@ -192,7 +220,8 @@ def main() -> None:
     )
     if rows:
         print(f"vggjax-oneDNN convolutions: {rows[0]['convs']}")
-    head = ("case", "allocator", "oneDNN img/s", "JAX img/s", "torch img/s", "oneDNN/torch", "JAX/torch")
+    print("figures per second: images (train, inference) or image pairs (lpips)")
+    head = ("case", "allocator", "oneDNN /s", "JAX /s", "torch /s", "oneDNN/torch", "JAX/torch")
     print(f"{head[0]:<18}{head[1]:<11}" + "".join(f"{h:>14}" for h in head[2:]))
     for r in rows:
         figures = (r["vggjax"], r["vggjax_jax"], r["torch"])
