@@ -2,8 +2,9 @@
 
 Every conv layer shape of the VGG configs A-E, thin (width 0.25, as ``vggjax train`` runs them)
 and full width (at 32 and 64 only under the slow mark), at 32, 64 and 224 pixels, 1- and 3-channel
-inputs: forward, input gradient and
-weight gradient within 1e-5 (relative, in norm) of ``lax.conv_general_dilated`` and its autodiff.
+inputs: forward, input gradient and weight gradient within 1e-5 (relative, in norm) of
+``lax.conv_general_dilated`` and its autodiff, for the plain convolution and for the one with
+bias and ReLU fused (against ``relu(lax.conv + b)``, and its bias gradient too).
 """
 
 import json
@@ -20,7 +21,7 @@ from jax import lax
 from tiny import tiny_model
 
 from vggjax.arch import get_arch
-from vggjax.nn import onednn, onednn_build
+from vggjax.nn import fastops, onednn, onednn_build
 
 # pyproject.toml declares the oneDNN wheels on x86-64 Linux, so there the extension must build
 # and load (CI's machines); a failure to is a test failure, not a skip.
@@ -66,6 +67,19 @@ REF, GOT = _with_grads(_reference), _with_grads(onednn.conv_same)
 NAMES = ("forward", "input grad", "weight grad")
 
 
+def _with_bias_grads(conv):
+    def f(x, w, b, ct):
+        y, vjp = jax.vjp(conv, x, w, b)
+        return (y, *vjp(ct))
+
+    return jax.jit(f)
+
+
+FUSED_REF = _with_bias_grads(lambda x, w, b: jax.nn.relu(_reference(x, w) + b.reshape(1, 1, 1, -1)))
+FUSED = _with_bias_grads(onednn.conv_bias_relu)
+FUSED_NAMES = ("fused forward", "fused input grad", "fused weight grad", "fused bias grad")
+
+
 def _rel(got, want):
     return float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
 
@@ -89,20 +103,66 @@ def test_every_vgg_layer_shape_matches_lax_conv(width, sizes, count):
         ct = rng.standard_normal((1, side, side, cout), np.float32)
         for name, got, want in zip(NAMES, GOT(x, w, ct), REF(x, w, ct), strict=True):
             worst[(side, cin, cout, k, name)] = _rel(got, want)
+        b = rng.standard_normal(cout, np.float32) * np.float32(0.5)
+        # No cotangent where the pre-activation is within rounding of 0, where the two ReLUs
+        # may rightly take different branches (the gradient would differ there by the whole dy)
+        z = np.asarray(REF(x, w, ct)[0]) + b
+        ct_fused = np.where(np.abs(z) > 1e-3, ct, np.float32(0))
+        pairs = zip(FUSED_NAMES, FUSED(x, w, b, ct_fused), FUSED_REF(x, w, b, ct_fused), strict=True)
+        for name, got, want in pairs:
+            worst[(side, cin, cout, k, name)] = _rel(got, want)
     bad = {shape: err for shape, err in worst.items() if not err < 1e-5}
     assert not bad, bad
 
 
-def _conv_calls(model, x):
+def test_fused_convs_around_a_pool_have_lax_gradients_under_jit():
+    # conv+ReLU -> 2x2 pool -> conv+ReLU: the pattern where XLA once wrote the first ReLU's
+    # backward into its own input's buffer (see onednn._cbr_bwd); only jit shows it.
+    rng = np.random.default_rng(2)
+    x = rng.uniform(size=(2, 8, 8, 1)).astype(np.float32)
+    params = [rng.standard_normal(s, np.float32) for s in ((3, 3, 1, 2), (2,), (3, 3, 2, 4), (4,))]
+
+    def loss(p, conv):
+        h = fastops.max_pool_2x2(conv(x, p[0], p[1]))
+        return jnp.sum(conv(h, p[2], p[3]) ** 2)
+
+    def plain(x, w, b):
+        return jax.nn.relu(_reference(x, w) + b.reshape(1, 1, 1, -1))
+
+    got = jax.jit(jax.grad(loss), static_argnums=1)(params, onednn.conv_bias_relu)
+    want = jax.grad(loss)(params, plain)
+    for g, r in zip(got, want, strict=True):
+        assert _rel(g, r) < 1e-5
+
+
+def _conv_calls(model, x, *args, **kwargs) -> tuple[int, int]:
+    """Forward custom calls in ``model.apply(v, x, *args, **kwargs)``: (plain convs, fused conv+bias+ReLU)."""
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
-    text = jax.jit(lambda v: model.apply(v, x)).lower(variables).as_text()
-    return text.count("vggjax_conv_fwd")
+    text = jax.jit(lambda v: model.apply(v, x, *args, **kwargs)).lower(variables).as_text()
+    return text.count("@vggjax_conv_fwd("), text.count("@vggjax_conv_bias_relu_fwd(")
 
 
 def test_cpu_fast_runs_its_convs_on_onednn_and_cpu_jax_does_not():
     x = jnp.ones((2, 32, 32, 1))
-    assert _conv_calls(tiny_model("vgg11", impl="cpu_fast"), x) == 8  # VGG-11's 8 convs
-    assert _conv_calls(tiny_model("vgg11", impl="cpu_jax"), x) == 0
+    assert _conv_calls(tiny_model("vgg11", impl="cpu_fast"), x) == (0, 8)  # VGG-11's 8 conv+ReLU pairs
+    assert _conv_calls(tiny_model("vgg11_bn", impl="cpu_fast"), x) == (8, 0)  # BatchNorm between: not fused
+    assert _conv_calls(tiny_model("vgg11", impl="cpu_jax"), x) == (0, 0)
+    assert _conv_calls(tiny_model("vgg11", impl="cpu_fast", dtype=jnp.bfloat16), x) == (0, 0)
+
+
+def test_a_tapped_conv_keeps_its_own_output_and_the_rest_fuse():
+    model, plain = tiny_model("vgg11", impl="cpu_fast"), tiny_model("vgg11", impl="xla")
+    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
+    taps = ["conv1_1", "relu1_1", "relu2_1", "conv3_2"]
+    # conv1_1 and conv3_2 tapped (their pre-ReLU outputs); conv2_1 and conv3_1 fused
+    assert _conv_calls(model, x, taps, method="features") == (2, 2)
+    variables = plain.init(jax.random.key(0), x)
+    assert jax.tree.all(jax.tree.map(np.array_equal, model.init(jax.random.key(0), x), variables))
+    got = model.apply(variables, x, taps, method="features")
+    want = plain.apply(variables, x, taps, method="features")
+    assert float(got["conv1_1"].min()) < 0  # the conv's own output, before its ReLU
+    for name in taps:
+        assert _rel(got[name], want[name]) < 1e-5, name
 
 
 def test_vmap_folds_the_mapped_axis_or_loops():
@@ -138,7 +198,7 @@ def test_switched_off_falls_back_to_pure_jax_with_the_same_numbers(monkeypatch):
     x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 1))
     with_onednn = _grads("cpu_fast", x)
     monkeypatch.setattr(onednn_build, "_state", {"lib": None, "reason": "switched off by VGGJAX_ONEDNN=0"})
-    assert _conv_calls(tiny_model(SMALL, impl="cpu_fast"), x) == 0
+    assert _conv_calls(tiny_model(SMALL, impl="cpu_fast"), x) == (0, 0)
     fallback, pure = _grads("cpu_fast", x), _grads("cpu_jax", x)
     for f, p, o in zip(fallback, pure, with_onednn, strict=True):
         np.testing.assert_array_equal(f, p)  # the same ops: bit for bit
@@ -164,7 +224,7 @@ for impl in ("cpu_fast", "xla"):
         "grads": [np.asarray(g).ravel().tolist() for g in jax.tree.leaves(grad(v, x))],
         "all_gathers": hlo.count("all-gather("),
         "conv_calls": [line.split("=")[1].split("{")[0].strip() for line in hlo.splitlines()
-                       if 'custom_call_target="vggjax_conv_fwd"' in line],
+                       if 'custom_call_target="vggjax_conv_bias_relu_fwd"' in line],
     }
 print(json.dumps(out))
 """

@@ -2,7 +2,8 @@
 
 :func:`conv_same` computes the same function and gradients as :func:`vggjax.nn.fastops.conv_same`
 (a k×k convolution, stride 1, zero padding k//2, NHWC / HWIO, float32) with oneDNN's forward,
-backward-data and backward-weights primitives (``onednn_conv.cc``, built by
+backward-data and backward-weights primitives, and :func:`conv_bias_relu` a convolution with its
+bias and ReLU fused into the forward primitive (``onednn_conv.cc``, built by
 :mod:`vggjax.nn.onednn_build`). Under ``jit`` each is one custom call; under ``grad`` the input
 gradient of a layer whose input is not differentiated (the first) is never computed (XLA drops
 the unused call). Under ``vmap`` a mapped input with shared weights is folded into the batch
@@ -39,29 +40,30 @@ def usable(x: jax.Array, w: jax.Array) -> bool:
     )
 
 
-def _ffi(target: str, rule: str, shape_of, *, reduce: bool = False):
+def _ffi(target: str, rule: str, shape_of, *, rows: int = 1, reduce: bool = False, kernel: bool = True):
     """The FFI call ``target`` for a k×k kernel (``shape_of(k, *args)``: the result's shape) with
     its SPMD rule.
 
-    Under a data-parallel mesh each device runs the call on its own rows of the batch (the
-    leading axis of every batched operand); ``reduce``: the result sums over the batch (the
-    weight gradient), so each device's partial sum is all-reduced (``psum``) over the batch's
-    mesh axes. Every other axis stays whole.
+    Under a data-parallel mesh each device runs the call on its own rows of the batch: the
+    leading axis of the first ``rows`` operands (the others, weights and bias, are whole on
+    every device). ``reduce``: the result sums over the batch (the weight gradient), so each
+    device's partial sum is all-reduced (``psum``) over the batch's mesh axes; else the result
+    is split by rows too. Every other axis stays whole. ``kernel``: the handler takes the
+    padding ``k // 2`` as its attribute ``pad`` (the convolutions; not the ReLU's backward).
     """
 
     def call(k: int, *args: jax.Array) -> jax.Array:
         out = jax.ShapeDtypeStruct(shape_of(k, *args), jnp.float32)
-        return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args, pad=np.int64(k // 2))
+        attrs = {"pad": np.int64(k // 2)} if kernel else {}
+        return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args, **attrs)
 
     def partition(k, mesh, arg_shapes, result_shape):
         spec = arg_shapes[0].sharding.spec
         axes = spec[0] if len(spec) else None
-        rows = NamedSharding(mesh, P(axes, None, None, None))
+        split = NamedSharding(mesh, P(axes, None, None, None))
         whole = NamedSharding(mesh, P())
-        if reduce:
-            arg_shardings, out_sharding = (rows, rows), whole
-        else:
-            arg_shardings, out_sharding = (rows, whole), rows
+        arg_shardings = (split,) * rows + (whole,) * (len(arg_shapes) - rows)
+        out_sharding = whole if reduce else split
 
         def lower(*args):
             y = call(k, *args)
@@ -89,8 +91,9 @@ def _ffi(target: str, rule: str, shape_of, *, reduce: bool = False):
 
         @f.def_vmap
         def rule(axis_size, in_batched, *args):
-            if not reduce and list(in_batched) == [True, False]:  # fold the mapped axis into the batch
-                y = f(args[0].reshape(-1, *args[0].shape[2:]), args[1])
+            if not reduce and all(in_batched[:rows]) and not any(in_batched[rows:]):  # fold into the batch
+                folded = [a.reshape(-1, *a.shape[2:]) for a in args[:rows]]
+                y = f(*folded, *args[rows:])
                 return y.reshape(axis_size, -1, *y.shape[1:]), True
             pairs = zip(args, in_batched, strict=True)
             args = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in pairs]
@@ -109,6 +112,11 @@ def _ffi(target: str, rule: str, shape_of, *, reduce: bool = False):
 _conv_forward = _ffi(
     "vggjax_conv_fwd", "n h w i, k l i o -> n h w o", lambda k, x, w: x.shape[:3] + w.shape[3:]
 )
+_conv_bias_relu = _ffi(
+    "vggjax_conv_bias_relu_fwd",
+    "n h w i, k l i o, o -> n h w o",
+    lambda k, x, w, b: x.shape[:3] + w.shape[3:],
+)
 _backward_data = _ffi(
     "vggjax_conv_bwd_data", "n h w o, k l i o -> n h w i", lambda k, dy, w: dy.shape[:3] + w.shape[2:3]
 )
@@ -116,7 +124,11 @@ _backward_weights = _ffi(
     "vggjax_conv_bwd_weights",
     "n h w i, n h w o -> k l i o",
     lambda k, x, dy: (k, k, x.shape[3], dy.shape[3]),
+    rows=2,
     reduce=True,
+)
+_relu_backward = _ffi(
+    "vggjax_relu_bwd", "n h w c, n h w c -> n h w c", lambda k, dy, y: dy.shape, rows=2, kernel=False
 )
 
 
@@ -153,6 +165,48 @@ def _conv_bwd(res, dy):
 
 
 conv_same.defvjp(_conv_fwd, _conv_bwd)
+
+
+@jax.custom_vjp
+def conv_bias_relu(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """``relu(conv_same(x, w) + b)`` in one oneDNN primitive (bias and ReLU as its post-ops).
+
+    One pass over the output instead of three (convolution, bias, ReLU); the gradient masks
+    ``dy`` by ``y > 0`` (so 0 at a zero pre-activation, like ``jax.nn.relu``), sums the bias
+    gradient in JAX and runs the two backward primitives of :func:`conv_same` on the masked ``dy``.
+
+    Args:
+      x: ``float32[N, H, W, I]``.
+      w: ``float32[k, k, I, O]``, odd ``k``.
+      b: ``float32[O]``.
+
+    Returns:
+      ``float32[N, H, W, O]``, ≥ 0.
+
+    Raises:
+      RuntimeError: if the extension cannot be loaded; check :func:`usable`.
+    """
+    return _conv_bias_relu(w.shape[0], x, w, b)
+
+
+def _cbr_fwd(x, w, b):
+    y = _conv_bias_relu(w.shape[0], x, w, b)
+    return y, (x, w, y)
+
+
+def _cbr_bwd(res, dy):
+    x, w, y = res
+    # The ReLU's backward is a custom call, not ``jnp.where(y > 0, dy, 0)``: XLA (jaxlib 0.10.2)
+    # fuses that where with a following 2x2 max-pool's backward, which reads y's other window
+    # elements, and writes the fusion's result into y's buffer as it goes: wrong gradients (the
+    # model-gradient checks in tests/test_onednn.py caught it). A custom call's output never
+    # shares an operand's buffer.
+    k = w.shape[0]
+    dz = _relu_backward(k, dy, y)
+    return _backward_data(k, dz, w), _backward_weights(k, x, dz), dz.sum(axis=(0, 1, 2))
+
+
+conv_bias_relu.defvjp(_cbr_fwd, _cbr_bwd)
 
 
 def conv_or_jax(x: jax.Array, w: jax.Array) -> jax.Array:

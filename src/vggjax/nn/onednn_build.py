@@ -47,7 +47,13 @@ from vggjax.errors import VggjaxWarning
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 WHEEL, DEVEL = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
-TARGETS = ("vggjax_conv_fwd", "vggjax_conv_bwd_data", "vggjax_conv_bwd_weights")
+TARGETS = (
+    "vggjax_conv_fwd",
+    "vggjax_conv_bias_relu_fwd",
+    "vggjax_conv_bwd_data",
+    "vggjax_conv_bwd_weights",
+    "vggjax_relu_bwd",
+)
 DEFAULT_THREADS = len(os.sched_getaffinity(0))  # OpenMP threads per convolution (module doc)
 COMPILE_TIMEOUT = 300  # seconds
 FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp")

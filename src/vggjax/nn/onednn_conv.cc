@@ -1,6 +1,8 @@
 // oneDNN 2-D convolutions (stride 1, symmetric zero padding, float32, NHWC / HWIO) as XLA FFI
-// handlers for the CPU: forward, backward-data and backward-weights. (run() and forward_pd() take
-// bias and ReLU post-op flags for a fused forward; no handler passes them yet.) Loaded and registered by vggjax/nn/onednn.py, which compiles this file.
+// handlers for the CPU: forward (plain, or with the bias and a ReLU fused into the primitive as
+// oneDNN post-ops), backward-data and backward-weights, and the ReLU's backward from its output
+// (oneDNN's eltwise backward). Built, loaded and registered by vggjax/nn/onednn_build.py; wrapped
+// as JAX ops in vggjax/nn/onednn.py.
 //
 // * Primitives are built once per shape and cached (mutex-protected map); they are run with a
 //   user-provided scratchpad held per calling thread, since XLA calls a handler from several
@@ -213,6 +215,15 @@ ffi::Error Forward(F32 x, F32 w, F32Out y, int64_t pad) {
   return run(kForward, s, 0, x.typed_data(), w.typed_data(), y->typed_data(), nullptr);
 }
 
+// y = relu(conv(x, w) + b), y[N, H, W, O] from x[N, H, W, I], w[kh, kw, I, O] and b[O], in one
+// primitive (bias and ReLU are oneDNN post-ops: no extra pass over y).
+ffi::Error ForwardBiasRelu(F32 x, F32 w, F32 b, F32Out y, int64_t pad) {
+  auto wd = w.dimensions();
+  Shape s;
+  if (auto e = shape(x, wd[0], wd[1], wd[3], pad, &s); e.failure()) return e;
+  return run(kForward, s, kBias | kRelu, x.typed_data(), w.typed_data(), y->typed_data(), b.typed_data());
+}
+
 // dx[N, H, W, I] from dy[N, H, W, O] and w[kh, kw, I, O].
 ffi::Error BackwardData(F32 dy, F32 w, F32Out dx, int64_t pad) {
   auto wd = w.dimensions();
@@ -229,10 +240,59 @@ ffi::Error BackwardWeights(F32 x, F32 dy, F32Out dw, int64_t pad) {
   return run(kBackwardWeights, s, 0, x.typed_data(), dw->typed_data(), dy.typed_data(), nullptr);
 }
 
+// dz = dy where y > 0, else 0 (the ReLU's input gradient from its output y), elementwise over
+// any shape. A custom call rather than an XLA fusion on purpose: see vggjax/nn/onednn.py.
+ffi::Error ReluBackward(F32 dy, F32 y, F32Out dz) {
+  try {
+    if (g_threads > 0) omp_set_num_threads(g_threads);
+    auto md = memory::desc({static_cast<int64_t>(dy.element_count())}, dt::f32, tag::a);
+    struct Relu {
+      dnnl::eltwise_backward prim;
+      size_t scratchpad_bytes;
+    };
+    static std::mutex mutex;
+    static std::map<int64_t, Relu> cache;
+    Relu relu;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      auto found = cache.find(md.get_size());
+      if (found == cache.end()) {
+        auto alg = dnnl::algorithm::eltwise_relu_use_dst_for_bwd;
+        dnnl::primitive_attr attr;
+        attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+        dnnl::eltwise_forward::primitive_desc hint(cpu_engine(), dnnl::prop_kind::forward_training, alg,
+                                                   md, md, 0.f, 0.f, attr);
+        dnnl::eltwise_backward::primitive_desc pd(cpu_engine(), alg, md, md, md, 0.f, 0.f, hint, attr);
+        found = cache.emplace(md.get_size(), Relu{dnnl::eltwise_backward(pd), pd.scratchpad_desc().get_size()}).first;
+      }
+      relu = found->second;
+    }
+    auto& prim = relu.prim;
+    size_t scratchpad_bytes = relu.scratchpad_bytes;
+    thread_local dnnl::stream stream(cpu_engine());
+    auto eng = cpu_engine();
+    prim.execute(stream, {{DNNL_ARG_DST, memory(md, eng, y.typed_data())},
+                          {DNNL_ARG_DIFF_DST, memory(md, eng, dy.typed_data())},
+                          {DNNL_ARG_DIFF_SRC, memory(md, eng, dz->typed_data())},
+                          {DNNL_ARG_SCRATCHPAD,
+                           memory(memory::desc({static_cast<int64_t>(scratchpad_bytes)}, dt::u8, tag::a), eng,
+                                  t_scratchpad.get(scratchpad_bytes ? scratchpad_bytes : 64))}});
+    stream.wait();
+    return ffi::Error::Success();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+}
+
 }  // namespace
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(vggjax_relu_bwd, ReluBackward,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(vggjax_conv_fwd, Forward,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("pad"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    vggjax_conv_bias_relu_fwd, ForwardBiasRelu,
+    ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("pad"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(vggjax_conv_bwd_data, BackwardData,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("pad"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(vggjax_conv_bwd_weights, BackwardWeights,

@@ -22,6 +22,7 @@ from flax import linen as nn
 
 from vggjax.arch import ADAPTIVE_SIDE, Arch, Block, Layer, block_layers, feature_names, get_arch, head_layers
 from vggjax.errors import ArchError, ConfigError
+from vggjax.nn.conv_relu import ConvReLU, fuses
 from vggjax.nn.impl import layer_ops
 from vggjax.nn.init import initializers
 from vggjax.nn.ops import adaptive_avg_pool, local_response_norm
@@ -84,10 +85,24 @@ class VGGBlock(nn.Module):
         kernel_init, ops = initializers(self.init_scheme)["conv"], layer_ops(self.impl)
         block = Block(self.channels, tuple(self.kernels), tuple(self.dilations))
         stages: list[Stage] = []
-        for layer in block_layers(block, self.number, batch_norm=self.batch_norm, lrn=self.lrn):
+        layers = block_layers(block, self.number, batch_norm=self.batch_norm, lrn=self.lrn)
+        fused = set()  # the ReLUs folded into their conv (ConvReLU: one oneDNN call)
+        for layer, after in zip(layers, [*layers[1:], None], strict=True):
+            if layer.name in fused:
+                continue
+            k, d = layer.kernel, layer.dilation
+            if (
+                layer.kind == "conv"
+                and after is not None
+                and after.kind == "relu"
+                and (taps is None or layer.name not in taps)
+                and fuses(self.impl, self.dtype, k, d)
+            ):
+                fused.add(after.name)
+                stages.append((after.name, ConvReLU(layer.channels, k, kernel_init, name=layer.path[-1])))
+                continue
             if layer.kind == "conv":
                 conv = functools.partial(nn.Conv, kernel_init=kernel_init, dtype=self.dtype, **ops["conv"])
-                k, d = layer.kernel, layer.dilation
                 stage = conv(
                     layer.channels, (k, k), padding=layer.padding, kernel_dilation=(d, d), name=layer.path[-1]
                 )
