@@ -40,12 +40,14 @@ def fuses(impl: str, dtype: Any, kernel: int, dilation: int) -> bool:
 
 
 class ConvReLU(nn.Module):
-    """``relu(conv(x, kernel) + bias)``: k×k, stride 1, zero padding k//2, NHWC / HWIO.
+    """``relu(conv(x, kernel) + bias)`` [→ 2×2 max-pool]: k×k, stride 1, zero padding k//2, NHWC / HWIO.
 
     Attributes:
       features: output channels ``C_out``.
       kernel_size: the kernel side ``k`` (pixels, odd).
       kernel_init: the kernel initialiser (the bias starts at zero, as ``nn.Conv``'s).
+      pool: the 2×2 max-pool that follows is part of the layer too
+        (:func:`vggjax.nn.onednn.conv_bias_relu_pool`): output ``[N, H//2, W//2, C_out]``.
 
     Input ``float32[N, H, W, C_in]``, output ``float32[N, H, W, C_out]`` ≥ 0. Runs on oneDNN
     where :func:`vggjax.nn.onednn.usable`, else as the pure-JAX conv plus bias and ReLU (same
@@ -55,13 +57,16 @@ class ConvReLU(nn.Module):
     features: int
     kernel_size: int
     kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+    pool: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """The activation ``float32[N, H, W, features]`` of ``x``: ``float32[N, H, W, C_in]``."""
+        """The activation ``float32[N, H, W, features]`` (pooled: ``[N, H//2, W//2, features]``) of
+        ``x``: ``float32[N, H, W, C_in]``."""
         k = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         if onednn.usable(x, kernel):
-            return onednn.conv_bias_relu(x, kernel, bias)
-        return nn.relu(fastops.conv_same(x, kernel) + bias.reshape(1, 1, 1, -1))
+            return (onednn.conv_bias_relu_pool if self.pool else onednn.conv_bias_relu)(x, kernel, bias)
+        y = nn.relu(fastops.conv_same(x, kernel) + bias.reshape(1, 1, 1, -1))
+        return fastops.max_pool_2x2(y) if self.pool else y

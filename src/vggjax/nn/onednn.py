@@ -209,6 +209,47 @@ def _cbr_bwd(res, dy):
 conv_bias_relu.defvjp(_cbr_fwd, _cbr_bwd)
 
 
+@jax.custom_vjp
+def conv_bias_relu_pool(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """``max_pool_2x2(conv_bias_relu(x, w, b))``: a VGG block's last conv, its ReLU and the pool.
+
+    The same numbers and gradients as the two ops in a row (the pool is
+    :func:`vggjax.nn.fastops.max_pool_2x2`); the backward pass applies the ReLU's mask on the
+    pooled side (``h > 0``: a window's maximum routes the gradient, and it is positive exactly
+    where the ReLU passed it), so the pool's backward writes the convolution's output gradient
+    in one XLA fusion, with no separate ReLU backward.
+
+    Args:
+      x: ``float32[N, H, W, I]``.
+      w: ``float32[k, k, I, O]``, odd ``k``.
+      b: ``float32[O]``.
+
+    Returns:
+      ``float32[N, H//2, W//2, O]``, ≥ 0.
+
+    Raises:
+      RuntimeError: if the extension cannot be loaded; check :func:`usable`.
+    """
+    return fastops.max_pool_2x2(_conv_bias_relu(w.shape[0], x, w, b))
+
+
+def _cbrp_fwd(x, w, b):
+    y = _conv_bias_relu(w.shape[0], x, w, b)
+    h = fastops.max_pool_2x2(y)
+    return h, (x, w, y, h)
+
+
+def _cbrp_bwd(res, dh):
+    x, w, y, h = res
+    _, pool_vjp = jax.vjp(fastops.max_pool_2x2, y)
+    (dz,) = pool_vjp(jnp.where(h > 0, dh, 0.0))
+    k = w.shape[0]
+    return _backward_data(k, dz, w), _backward_weights(k, x, dz), dz.sum(axis=(0, 1, 2))
+
+
+conv_bias_relu_pool.defvjp(_cbrp_fwd, _cbrp_bwd)
+
+
 def conv_or_jax(x: jax.Array, w: jax.Array) -> jax.Array:
     """:func:`conv_same` where :func:`usable`, else :func:`vggjax.nn.fastops.conv_same` (same numbers).
 

@@ -86,20 +86,24 @@ class VGGBlock(nn.Module):
         block = Block(self.channels, tuple(self.kernels), tuple(self.dilations))
         stages: list[Stage] = []
         layers = block_layers(block, self.number, batch_norm=self.batch_norm, lrn=self.lrn)
-        fused = set()  # the ReLUs folded into their conv (ConvReLU: one oneDNN call)
-        for layer, after in zip(layers, [*layers[1:], None], strict=True):
+        fused = set()  # the ReLUs (and pools) folded into their conv: one ConvReLU, oneDNN calls
+        for i, layer in enumerate(layers):
             if layer.name in fused:
                 continue
             k, d = layer.kernel, layer.dilation
+            relu, pool = (layers[i + 1 : i + 3] + [None, None])[:2]
             if (
                 layer.kind == "conv"
-                and after is not None
-                and after.kind == "relu"
+                and relu is not None
+                and relu.kind == "relu"
                 and (taps is None or layer.name not in taps)
                 and fuses(self.impl, self.dtype, k, d)
             ):
-                fused.add(after.name)
-                stages.append((after.name, ConvReLU(layer.channels, k, kernel_init, name=layer.path[-1])))
+                pooled = pool is not None and pool.kind == "pool" and (taps is None or relu.name not in taps)
+                last = pool if pooled else relu
+                fused |= {relu.name, last.name}
+                stage = ConvReLU(layer.channels, k, kernel_init, pool=pooled, name=layer.path[-1])
+                stages.append((last.name, stage))
                 continue
             if layer.kind == "conv":
                 conv = functools.partial(nn.Conv, kernel_init=kernel_init, dtype=self.dtype, **ops["conv"])
