@@ -5,7 +5,8 @@ that load from other processes hits all alike; each figure is the median over th
 vggjax-oneDNN is the default ``impl="cpu_fast"`` (oneDNN convolutions, vggjax.nn.onednn; the
 header line says if it fell back to pure JAX), vggjax-JAX is ``impl="cpu_jax"``.
 
-Cases (input uint8 at the model's size, scaled to [0, 1] inside the step on both sides):
+Cases (VGG input uint8 at the model's size, scaled to [0, 1] inside the step on both sides;
+LPIPS input float32 in [0, 1]):
   thin VGG-11 (width 0.25, hidden 4096, 1 channel, 10 classes, dropout 0.5) train step,
     SGD momentum 0.9 weight decay 5e-4, at 32x32 and 64x64 (batch 128) and 224x224 (batch 32);
   VGG-16 (3 channels, 1000 classes) inference at 224x224, batch 8;

@@ -2,14 +2,16 @@
 
 :func:`conv_same` computes the same function and gradients as :func:`vggjax.nn.fastops.conv_same`
 (a k×k convolution, stride 1, zero padding k//2, NHWC / HWIO, float32) with oneDNN's forward,
-backward-data and backward-weights primitives, and :func:`conv_bias_relu` a convolution with its
-bias and ReLU fused into the forward primitive (``onednn_conv.cc``, built by
-:mod:`vggjax.nn.onednn_build`). Under ``jit`` each is one custom call; under ``grad`` the input
-gradient of a layer whose input is not differentiated (the first) is never computed (XLA drops
-the unused call). Under ``vmap`` a mapped input with shared weights is folded into the batch
-(one call); anything else (mapped weights) loops over the mapped axis (``lax.map``). Under a
-data-parallel mesh (``jit`` with the batch sharded) each device runs the calls on its own
-rows (``custom_partitioning``), and the weight gradient's partial sums are all-reduced.
+backward-data and backward-weights primitives (``onednn_conv.cc``, built by
+:mod:`vggjax.nn.onednn_build`). :func:`conv_bias_relu` is a convolution with its bias and ReLU
+fused into the forward primitive, and :func:`conv_bias_relu_pool` adds the 2×2 max-pool; the VGG
+model keeps its layers separate (no measurable gain: docs/speed.md). Under ``jit`` each is one
+custom call; under ``grad`` the input gradient of a layer whose input is not differentiated (the
+first) is never computed (XLA drops the unused call). Under ``vmap`` a mapped input with shared
+weights is folded into the batch (one call); anything else (mapped weights) loops over the mapped
+axis (``lax.map``). Under a data-parallel mesh (``jit`` with the batch sharded) each device runs
+the calls on its own rows (``custom_partitioning``), and the weight gradient's partial sums are
+all-reduced.
 
 :func:`usable` says whether an input can take this path (oneDNN loaded, float32, a CPU backend);
 :func:`vggjax.nn.fastops.conv_general_dilated` falls back to the pure-JAX convolution otherwise.

@@ -22,7 +22,6 @@ from flax import linen as nn
 
 from vggjax.arch import ADAPTIVE_SIDE, Arch, Block, Layer, block_layers, feature_names, get_arch, head_layers
 from vggjax.errors import ArchError, ConfigError
-from vggjax.nn.conv_relu import ConvReLU, fuses
 from vggjax.nn.impl import layer_ops
 from vggjax.nn.init import initializers
 from vggjax.nn.ops import adaptive_avg_pool, local_response_norm
@@ -85,28 +84,10 @@ class VGGBlock(nn.Module):
         kernel_init, ops = initializers(self.init_scheme)["conv"], layer_ops(self.impl)
         block = Block(self.channels, tuple(self.kernels), tuple(self.dilations))
         stages: list[Stage] = []
-        layers = block_layers(block, self.number, batch_norm=self.batch_norm, lrn=self.lrn)
-        fused = set()  # the ReLUs (and pools) folded into their conv: one ConvReLU, oneDNN calls
-        for i, layer in enumerate(layers):
-            if layer.name in fused:
-                continue
-            k, d = layer.kernel, layer.dilation
-            relu, pool = (layers[i + 1 : i + 3] + [None, None])[:2]
-            if (
-                layer.kind == "conv"
-                and relu is not None
-                and relu.kind == "relu"
-                and (taps is None or layer.name not in taps)
-                and fuses(self.impl, self.dtype, k, d)
-            ):
-                pooled = pool is not None and pool.kind == "pool" and (taps is None or relu.name not in taps)
-                last = pool if pooled else relu
-                fused |= {relu.name, last.name}
-                stage = ConvReLU(layer.channels, k, kernel_init, pool=pooled, name=layer.path[-1])
-                stages.append((last.name, stage))
-                continue
+        for layer in block_layers(block, self.number, batch_norm=self.batch_norm, lrn=self.lrn):
             if layer.kind == "conv":
                 conv = functools.partial(nn.Conv, kernel_init=kernel_init, dtype=self.dtype, **ops["conv"])
+                k, d = layer.kernel, layer.dilation
                 stage = conv(
                     layer.channels, (k, k), padding=layer.padding, kernel_dilation=(d, d), name=layer.path[-1]
                 )
