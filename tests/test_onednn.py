@@ -299,3 +299,19 @@ def test_fused_ops_run_per_device_shard_on_a_data_mesh():
     ), out["calls"]
     for g, r in zip(out["sharded"], out["whole"], strict=True):
         assert np.linalg.norm(np.subtract(g, r)) <= 1e-5 * np.linalg.norm(r)
+
+
+@pytest.mark.parametrize(
+    "op, shapes",
+    [
+        (onednn.conv_same, [(1, 8, 8, 3), (3, 3, 4, 8)]),  # w's input channels are not x's
+        (onednn.conv_same, [(8, 8, 3), (3, 3, 3, 8)]),  # x without its batch axis
+        (onednn.conv_same, [(1, 8, 8, 3), (2, 2, 3, 8)]),  # even kernel
+        (onednn.conv_bias_relu, [(1, 8, 8, 3), (3, 3, 3, 8), (5,)]),  # one bias per output channel
+        (onednn.conv_bias_relu_pool, [(1, 8, 8, 3), (3, 3, 3, 8), (8, 1)]),
+    ],
+)
+def test_shapes_that_do_not_fit_are_refused_before_any_call(op, shapes):
+    # The C++ handlers read as many elements as the shapes say, so a mismatch must not reach them
+    with pytest.raises(ValueError, match="do not fit"):
+        op(*(jnp.ones(s) for s in shapes))

@@ -134,8 +134,30 @@ _relu_backward = _ffi(
 )
 
 
+def _check(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> int:
+    """The kernel side ``k``, after checking that the shapes fit (the C++ side trusts them).
+
+    Raises:
+      ValueError: unless ``x`` is ``[N, H, W, I]``, ``w`` ``[k, k, I, O]`` with odd ``k`` and
+        ``b`` (if given) ``[O]``.
+    """
+    k = w.shape[0] if w.ndim == 4 else 0
+    ok = x.ndim == 4 and w.ndim == 4 and w.shape[1] == k and k % 2 == 1 and w.shape[2] == x.shape[3]
+    if not ok or (b is not None and b.shape != (w.shape[3],)):
+        bias = "" if b is None else f", b {tuple(b.shape)}"
+        raise ValueError(
+            f"oneDNN conv: x {tuple(x.shape)}, w {tuple(w.shape)}{bias} do not fit; need x [N, H, W, I], "
+            "w [k, k, I, O] with odd k" + ("" if b is None else " and b [O]")
+        )
+    return k
+
+
 def _forward(x: jax.Array, w: jax.Array) -> jax.Array:
-    return _conv_forward(w.shape[0], x, w)
+    return _conv_forward(_check(x, w), x, w)
+
+
+def _fused(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    return _conv_bias_relu(_check(x, w, b), x, w, b)
 
 
 @jax.custom_vjp
@@ -152,6 +174,7 @@ def conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
 
     Raises:
       RuntimeError: if the extension cannot be loaded (the message says why); check :func:`usable`.
+      ValueError: if the shapes do not fit together as above.
     """
     return _forward(x, w)
 
@@ -187,12 +210,13 @@ def conv_bias_relu(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
 
     Raises:
       RuntimeError: if the extension cannot be loaded; check :func:`usable`.
+      ValueError: if the shapes do not fit together as above.
     """
-    return _conv_bias_relu(w.shape[0], x, w, b)
+    return _fused(x, w, b)
 
 
 def _cbr_fwd(x, w, b):
-    y = _conv_bias_relu(w.shape[0], x, w, b)
+    y = _fused(x, w, b)
     return y, (x, w, y)
 
 
@@ -231,12 +255,13 @@ def conv_bias_relu_pool(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
 
     Raises:
       RuntimeError: if the extension cannot be loaded; check :func:`usable`.
+      ValueError: if the shapes do not fit together as above.
     """
-    return fastops.max_pool_2x2(_conv_bias_relu(w.shape[0], x, w, b))
+    return fastops.max_pool_2x2(_fused(x, w, b))
 
 
 def _cbrp_fwd(x, w, b):
-    y = _conv_bias_relu(w.shape[0], x, w, b)
+    y = _fused(x, w, b)
     h = fastops.max_pool_2x2(y)
     return h, (x, w, y, h)
 
