@@ -309,9 +309,23 @@ def test_fused_ops_run_per_device_shard_on_a_data_mesh():
         (onednn.conv_same, [(1, 8, 8, 3), (2, 2, 3, 8)]),  # even kernel
         (onednn.conv_bias_relu, [(1, 8, 8, 3), (3, 3, 3, 8), (5,)]),  # one bias per output channel
         (onednn.conv_bias_relu_pool, [(1, 8, 8, 3), (3, 3, 3, 8), (8, 1)]),
+        (onednn.conv_same, [(1, 8, 8, 0), (3, 3, 0, 8)]),  # no input channels: oneDNN has no such conv
     ],
 )
 def test_shapes_that_do_not_fit_are_refused_before_any_call(op, shapes):
     # The C++ handlers read as many elements as the shapes say, so a mismatch must not reach them
     with pytest.raises(ValueError, match="do not fit"):
         op(*(jnp.ones(s) for s in shapes))
+
+
+def test_other_dtypes_are_refused_at_trace_time():
+    x, w, b = jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 8)), jnp.ones(8)
+    for args in ((x.astype(jnp.bfloat16), w, b), (x, w.astype(jnp.int32), b), (x, w, b.astype(jnp.float16))):
+        with pytest.raises(TypeError, match="must be a float32 array"):
+            jax.eval_shape(onednn.conv_bias_relu, *args)
+
+
+def test_vmap_of_empty_inputs_gives_empty_outputs():
+    w = jnp.ones((3, 3, 3, 4))
+    assert jax.vmap(onednn.conv_same, (0, None))(jnp.ones((3, 2, 0, 6, 3)), w).shape == (3, 2, 0, 6, 4)
+    assert jax.vmap(onednn.conv_same, (0, None))(jnp.ones((0, 2, 5, 6, 3)), w).shape == (0, 2, 5, 6, 4)

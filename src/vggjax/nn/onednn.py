@@ -13,6 +13,11 @@ axis (``lax.map``). Under a data-parallel mesh (``jit`` with the batch sharded) 
 the calls on its own rows (``custom_partitioning``), and the weight gradient's partial sums are
 all-reduced.
 
+Differentiation is first-order reverse mode (``grad``, ``vjp``, ``jacrev``): forward mode (``jvp``)
+is refused by ``custom_vjp``, and a second derivative fails in ``custom_partitioning``. Inside
+``shard_map`` the forward pass works; its gradient needs ``check_vma=False`` (the custom calls'
+outputs do not carry the mesh axis they vary over).
+
 :func:`usable` says whether an input can take this path (oneDNN loaded, float32, a CPU backend);
 :func:`vggjax.nn.fastops.conv_general_dilated` falls back to the pure-JAX convolution otherwise.
 """
@@ -94,9 +99,10 @@ def _ffi(target: str, rule: str, shape_of, *, rows: int = 1, reduce: bool = Fals
         @f.def_vmap
         def rule(axis_size, in_batched, *args):
             if not reduce and all(in_batched[:rows]) and not any(in_batched[rows:]):  # fold into the batch
-                folded = [a.reshape(-1, *a.shape[2:]) for a in args[:rows]]
+                n = args[0].shape[1]  # explicit sizes: -1 cannot be inferred when the arrays are empty
+                folded = [a.reshape(axis_size * n, *a.shape[2:]) for a in args[:rows]]
                 y = f(*folded, *args[rows:])
-                return y.reshape(axis_size, -1, *y.shape[1:]), True
+                return y.reshape(axis_size, n, *y.shape[1:]), True
             pairs = zip(args, in_batched, strict=True)
             args = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in pairs]
             return jax.lax.map(lambda a: f(*a), args), True
@@ -135,19 +141,25 @@ _relu_backward = _ffi(
 
 
 def _check(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> int:
-    """The kernel side ``k``, after checking that the shapes fit (the C++ side trusts them).
+    """The kernel side ``k``, after checking the operands (the C++ side trusts their shapes).
 
     Raises:
+      TypeError: unless every operand is a float32 array.
       ValueError: unless ``x`` is ``[N, H, W, I]``, ``w`` ``[k, k, I, O]`` with odd ``k`` and
-        ``b`` (if given) ``[O]``.
+        ``I``, ``O`` ≥ 1, and ``b`` (if given) ``[O]``.
     """
+    operands = {"x": x, "w": w} | ({} if b is None else {"b": b})
+    for name, a in operands.items():
+        if not isinstance(a, jax.Array | np.ndarray) or a.dtype != np.float32:
+            got = a.dtype if isinstance(a, jax.Array | np.ndarray) else type(a).__name__
+            raise TypeError(f"oneDNN conv: {name} must be a float32 array, got {got}; convert it first")
     k = w.shape[0] if w.ndim == 4 else 0
     ok = x.ndim == 4 and w.ndim == 4 and w.shape[1] == k and k % 2 == 1 and w.shape[2] == x.shape[3]
-    if not ok or (b is not None and b.shape != (w.shape[3],)):
+    if not ok or min(w.shape[2:]) < 1 or (b is not None and b.shape != (w.shape[3],)):
         bias = "" if b is None else f", b {tuple(b.shape)}"
         raise ValueError(
             f"oneDNN conv: x {tuple(x.shape)}, w {tuple(w.shape)}{bias} do not fit; need x [N, H, W, I], "
-            "w [k, k, I, O] with odd k" + ("" if b is None else " and b [O]")
+            "w [k, k, I, O] with odd k and I, O >= 1" + ("" if b is None else ", and b [O]")
         )
     return k
 
@@ -174,7 +186,8 @@ def conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
 
     Raises:
       RuntimeError: if the extension cannot be loaded (the message says why); check :func:`usable`.
-      ValueError: if the shapes do not fit together as above.
+      TypeError: for an operand that is not a float32 array.
+      ValueError: if the shapes do not fit together as above (or a channel count is 0).
     """
     return _forward(x, w)
 
@@ -206,11 +219,13 @@ def conv_bias_relu(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
       b: ``float32[O]``.
 
     Returns:
-      ``float32[N, H, W, O]``, ≥ 0.
+      ``float32[N, H, W, O]``, ≥ 0. A NaN pre-activation gives 0 (oneDNN's ReLU), where
+      ``jax.nn.relu`` gives NaN; check the loss or the gradient norm for divergence.
 
     Raises:
       RuntimeError: if the extension cannot be loaded; check :func:`usable`.
-      ValueError: if the shapes do not fit together as above.
+      TypeError: for an operand that is not a float32 array.
+      ValueError: if the shapes do not fit together as above (or a channel count is 0).
     """
     return _fused(x, w, b)
 
@@ -251,11 +266,12 @@ def conv_bias_relu_pool(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
       b: ``float32[O]``.
 
     Returns:
-      ``float32[N, H//2, W//2, O]``, ≥ 0.
+      ``float32[N, H//2, W//2, O]``, ≥ 0 (a NaN pre-activation gives 0, as in :func:`conv_bias_relu`).
 
     Raises:
       RuntimeError: if the extension cannot be loaded; check :func:`usable`.
-      ValueError: if the shapes do not fit together as above.
+      TypeError: for an operand that is not a float32 array.
+      ValueError: if the shapes do not fit together as above (or a channel count is 0).
     """
     return fastops.max_pool_2x2(_fused(x, w, b))
 
