@@ -55,28 +55,27 @@ def _reference(x, w):
     return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _reference_relu(x, w, b):
+    return jax.nn.relu(_reference(x, w) + b.reshape(1, 1, 1, -1))
+
+
+def _reference_relu_pool(x, w, b):
+    return fastops.max_pool_2x2(_reference_relu(x, w, b))
+
+
 def _with_grads(conv):
-    def f(x, w, ct):
-        y, vjp = jax.vjp(conv, x, w)
-        return (y, *vjp(ct))
+    """jit of ``(*operands, ct) -> (conv(*operands), *its gradients for ct)``."""
+
+    def f(*args):
+        y, vjp = jax.vjp(conv, *args[:-1])
+        return (y, *vjp(args[-1]))
 
     return jax.jit(f)
 
 
 REF, GOT = _with_grads(_reference), _with_grads(onednn.conv_same)
 NAMES = ("forward", "input grad", "weight grad")
-
-
-def _with_bias_grads(conv):
-    def f(x, w, b, ct):
-        y, vjp = jax.vjp(conv, x, w, b)
-        return (y, *vjp(ct))
-
-    return jax.jit(f)
-
-
-FUSED_REF = _with_bias_grads(lambda x, w, b: jax.nn.relu(_reference(x, w) + b.reshape(1, 1, 1, -1)))
-FUSED = _with_bias_grads(onednn.conv_bias_relu)
+FUSED_REF, FUSED = _with_grads(_reference_relu), _with_grads(onednn.conv_bias_relu)
 FUSED_NAMES = ("fused forward", "fused input grad", "fused weight grad", "fused bias grad")
 
 
@@ -127,18 +126,12 @@ def test_fused_convs_around_a_pool_have_lax_gradients_under_jit(pooled):
         h = conv_pool(x, p[0], p[1])
         return jnp.sum(conv(h, p[2], p[3]) ** 2)
 
-    def plain(x, w, b):
-        return jax.nn.relu(_reference(x, w) + b.reshape(1, 1, 1, -1))
-
-    def plain_pool(x, w, b):
-        return fastops.max_pool_2x2(plain(x, w, b))
-
     def fused_pool(x, w, b):
         return fastops.max_pool_2x2(onednn.conv_bias_relu(x, w, b))
 
     fused = (onednn.conv_bias_relu, onednn.conv_bias_relu_pool if pooled else fused_pool)
     got = jax.jit(jax.grad(loss), static_argnums=(1, 2))(params, *fused)
-    want = jax.grad(loss)(params, plain, plain_pool)
+    want = jax.grad(loss)(params, _reference_relu, _reference_relu_pool)
     for g, r in zip(got, want, strict=True):
         assert _rel(g, r) < 1e-5
 
@@ -150,11 +143,8 @@ def test_conv_bias_relu_pool_is_the_two_ops_in_a_row():
     b = rng.standard_normal(16, np.float32) * np.float32(0.5)
     ct = rng.standard_normal((2, 4, 4, 16), np.float32)
 
-    def plain(x, w, b):
-        return fastops.max_pool_2x2(jax.nn.relu(_reference(x, w) + b.reshape(1, 1, 1, -1)))
-
-    got = _with_bias_grads(onednn.conv_bias_relu_pool)(x, w, b, ct)
-    want = _with_bias_grads(plain)(x, w, b, ct)
+    got = _with_grads(onednn.conv_bias_relu_pool)(x, w, b, ct)
+    want = _with_grads(_reference_relu_pool)(x, w, b, ct)
     assert got[0].shape == (2, 4, 4, 16) and float(got[0].min()) >= 0
     for g, r in zip(got, want, strict=True):
         assert _rel(g, r) < 1e-5
@@ -181,11 +171,11 @@ def test_vmap_folds_the_mapped_axis_or_loops():
     def loss(x, w, conv):
         return jnp.sum(conv(x, w) ** 2)
 
-    def plain_relu(x, w):
-        return jax.nn.relu(_reference(x, w) + b.reshape(1, 1, 1, -1))
-
     def fused_relu(x, w):
         return onednn.conv_bias_relu(x, w, jnp.asarray(b))
+
+    def plain_relu(x, w):
+        return _reference_relu(x, w, b)
 
     # shared weights: folded into the batch; mapped weights: lax.map
     for conv, ref in ((onednn.conv_same, _reference), (fused_relu, plain_relu)):

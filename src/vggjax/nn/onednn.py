@@ -242,9 +242,8 @@ def _cbr_bwd(res, dy):
     # elements, and writes the fusion's result into y's buffer as it goes: wrong gradients (the
     # model-gradient checks in tests/test_onednn.py caught it). A custom call's output never
     # shares an operand's buffer.
-    k = w.shape[0]
-    dz = _relu_backward(k, dy, y)
-    return _backward_data(k, dz, w), _backward_weights(k, x, dz), dz.sum(axis=(0, 1, 2))
+    dz = _relu_backward(w.shape[0], dy, y)
+    return (*_conv_bwd((x, w), dz), dz.sum(axis=(0, 1, 2)))
 
 
 conv_bias_relu.defvjp(_cbr_fwd, _cbr_bwd)
@@ -286,8 +285,7 @@ def _cbrp_bwd(res, dh):
     x, w, y, h = res
     _, pool_vjp = jax.vjp(fastops.max_pool_2x2, y)
     (dz,) = pool_vjp(jnp.where(h > 0, dh, 0.0))
-    k = w.shape[0]
-    return _backward_data(k, dz, w), _backward_weights(k, x, dz), dz.sum(axis=(0, 1, 2))
+    return (*_conv_bwd((x, w), dz), dz.sum(axis=(0, 1, 2)))
 
 
 conv_bias_relu_pool.defvjp(_cbrp_fwd, _cbrp_bwd)

@@ -267,11 +267,10 @@ ffi::Error ReluBackward(F32 dy, F32 y, F32Out dz) {
       }
       relu = found->second;
     }
-    auto& prim = relu.prim;
     size_t scratchpad_bytes = relu.scratchpad_bytes;
     thread_local dnnl::stream stream(cpu_engine());
     auto eng = cpu_engine();
-    prim.execute(stream, {{DNNL_ARG_DST, memory(md, eng, y.typed_data())},
+    relu.prim.execute(stream, {{DNNL_ARG_DST, memory(md, eng, y.typed_data())},
                           {DNNL_ARG_DIFF_DST, memory(md, eng, dy.typed_data())},
                           {DNNL_ARG_DIFF_SRC, memory(md, eng, dz->typed_data())},
                           {DNNL_ARG_SCRATCHPAD,
@@ -281,6 +280,8 @@ ffi::Error ReluBackward(F32 dy, F32 y, F32Out dz) {
     return ffi::Error::Success();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("vggjax oneDNN ReLU backward: ") + e.what());
   }
 }
 
