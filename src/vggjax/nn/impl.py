@@ -18,10 +18,11 @@ import functools
 from typing import Any
 
 import jax
+from flax import linen as nn
 
 from vggjax.config import IMPLS
 from vggjax.errors import ArchError
-from vggjax.nn import fastops, onednn
+from vggjax.nn import batchnorm, fastops, onednn
 from vggjax.nn.ops import max_pool_2x2
 
 _CONVS = {
@@ -44,13 +45,14 @@ def resolve_impl(impl: str) -> str:
 
 
 def layer_ops(impl: str) -> dict[str, Any]:
-    """The keyword arguments of ``nn.Conv`` (``"conv"``) and ``nn.Dense`` (``"dense"``), and the pool.
+    """The keyword arguments of ``nn.Conv`` and ``nn.Dense``, the pool and the BatchNorm module.
 
     Returns:
-      ``{"conv": {...}, "dense": {...}, "pool": fn}``: empty dicts and
-      :func:`vggjax.nn.ops.max_pool_2x2` for ``"xla"``; for ``"cpu_jax"`` and
-      ``"cpu_fast"``, ``conv_general_dilated=`` (oneDNN's same-padded convs for
-      ``"cpu_fast"``), ``dot_general=`` and the pool of :mod:`vggjax.nn.fastops`.
+      ``{"conv": {...}, "dense": {...}, "pool": fn, "bn": module}``: empty dicts,
+      :func:`vggjax.nn.ops.max_pool_2x2` and ``nn.BatchNorm`` for ``"xla"``; for
+      ``"cpu_jax"`` and ``"cpu_fast"``, ``conv_general_dilated=`` (oneDNN's same-padded
+      convs for ``"cpu_fast"``), ``dot_general=`` and the pool of :mod:`vggjax.nn.fastops`,
+      and :class:`vggjax.nn.batchnorm.BatchNorm` (same variables and numbers).
       ``pool`` maps ``float32[N, H, W, C]`` to ``[N, H//2, W//2, C]``.
 
     Raises:
@@ -58,9 +60,10 @@ def layer_ops(impl: str) -> dict[str, Any]:
     """
     impl = resolve_impl(impl)
     if impl == "xla":
-        return {"conv": {}, "dense": {}, "pool": max_pool_2x2}
+        return {"conv": {}, "dense": {}, "pool": max_pool_2x2, "bn": nn.BatchNorm}
     return {
         "conv": {"conv_general_dilated": _CONVS[impl]},
         "dense": {"dot_general": fastops.dot_general},
         "pool": fastops.max_pool_2x2,
+        "bn": batchnorm.BatchNorm,
     }

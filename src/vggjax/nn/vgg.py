@@ -92,7 +92,7 @@ class VGGBlock(nn.Module):
                     layer.channels, (k, k), padding=layer.padding, kernel_dilation=(d, d), name=layer.path[-1]
                 )
             elif layer.kind == "bn":
-                bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=layer.path[-1])
+                bn = ops["bn"](momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=layer.path[-1])
                 stage = functools.partial(bn, use_running_average=not train)
             else:
                 stage = {"relu": nn.relu, "lrn": local_response_norm, "pool": ops["pool"]}[layer.kind]
