@@ -17,7 +17,7 @@ from vggjax.run.weights import load_variables, save_variables
 from vggjax.tasks.evaluate import evaluate_run
 from vggjax.training.augment import ERASE_SCALE, Augment, augment, random_crop, random_erase, random_flip
 from vggjax.training.optim import make_schedule
-from vggjax.training.steps import create_train_state, predict, train_step, update_ema
+from vggjax.training.steps import create_train_state, predict, train_step, tta_views, update_ema
 from vggjax.training.train import train_and_evaluate
 
 KEY = jax.random.key(7)
@@ -164,8 +164,39 @@ def test_flip_tta_is_the_mean_of_the_two_softmaxes_and_mirror_invariant():
     np.testing.assert_allclose(predict(model.apply, variables, x[:, :, ::-1], "flip"), scores, atol=1e-6)
     np.testing.assert_array_equal(predict(model.apply, variables, x, "none"), plain)
     assert not np.allclose(softmax(plain), expected, atol=1e-4)  # the mirror does change the answer
-    with pytest.raises(ValueError, match="tta must be 'none' or 'flip'"):
+    with pytest.raises(ValueError, match="tta must be one of none, flip, flip-shift, got 'five-crop'"):
         predict(model.apply, variables, x, "five-crop")
+
+
+def test_flip_shift_views_are_the_image_and_mirror_moved_one_pixel_with_zero_fill():
+    x = np.arange(2 * 4 * 5 * 1, dtype=np.float32).reshape(2, 4, 5, 1) + 1
+    views = [np.asarray(v) for v in tta_views(jnp.asarray(x), "flip-shift")]
+    mirror = x[:, :, ::-1]
+    down_right, up_left = np.zeros_like(x), np.zeros_like(x)  # content moved by +1 / -1 pixel per axis
+    expected = [x, mirror]
+    for v in (x, mirror):
+        down_right[:, 1:, 1:], up_left[:, :-1, :-1] = v[:, :-1, :-1], v[:, 1:, 1:]
+        expected += [down_right.copy(), up_left.copy()]
+    assert len(views) == 6
+    for got, want in zip(views, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert [v.shape for v in tta_views(jnp.asarray(x), "flip")] == [x.shape] * 2
+
+
+def test_flip_shift_tta_is_the_mean_softmax_of_the_six_views():
+    model = tiny_model("vgg11_bn")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), train=False)
+    x = images(3, size=32) / (3 * 32 * 32)
+    probs = [
+        np.asarray(jax.nn.softmax(model.apply(variables, v, train=False)), np.float64)
+        for v in tta_views(x, "flip-shift")
+    ]
+    scores = predict(model.apply, variables, x, "flip-shift")
+    np.testing.assert_allclose(
+        np.exp(np.asarray(scores, np.float64)), np.mean(probs, 0), rtol=1e-5, atol=1e-7
+    )
+    flip = np.exp(np.asarray(predict(model.apply, variables, x, "flip"), np.float64))
+    assert not np.allclose(flip, np.mean(probs, 0), atol=1e-4)  # the shifted views do count
 
 
 def test_train_step_augments_from_the_step_key_only():
@@ -226,5 +257,5 @@ def test_ema_weights_are_what_eval_scores_when_the_run_used_ema(tmp_path):
 
 
 def test_eval_refuses_an_unknown_tta_before_reading_anything(tmp_path):
-    with pytest.raises(ConfigError, match=r"^--tta must be one of none, flip, got 'five-crop'$"):
+    with pytest.raises(ConfigError, match=r"^--tta must be one of none, flip, flip-shift, got 'five-crop'$"):
         evaluate_run(tmp_path / "no such run", tta="five-crop")

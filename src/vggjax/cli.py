@@ -90,7 +90,11 @@ def _eval_parser(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, default=500, help="images per device call")
     p.add_argument("--mistakes", type=int, default=32, metavar="N", help="images in mistakes.png")
-    p.add_argument("--tta", choices=TTAS, help="flip: mean softmax of image and mirror (default: the run's)")
+    p.add_argument(
+        "--tta",
+        choices=TTAS,
+        help="flip: mean softmax of image, mirror; flip-shift: both also shifted 1 px (default: the run's)",
+    )
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     add_flags(p, ("verify_data",), verify_data=True)
 
@@ -221,9 +225,7 @@ def _model_export_parser(sub) -> None:
     p.add_argument("--format", help="onnx or stablehlo (default: from --out's suffix .onnx/.stablehlo)")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
     p.add_argument("--batch", type=int, metavar="N", help="a fixed batch size (default: any batch)")
-    p.add_argument(
-        "--dynamic-batch", action="store_true", help="a symbolic batch dimension N (the default)"
-    )
+    p.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch dimension N (the default)")
     p.add_argument(
         "--image-size", type=int, metavar="S", help="input side (default the run's; adaptive head: any)"
     )

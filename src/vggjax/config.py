@@ -31,7 +31,7 @@ INITS = ("he", "torchvision", "lecun")  # see nn.vgg.initializers
 IMPLS = ("auto", "xla", "cpu_fast", "cpu_jax")
 DTYPES = ("float32", "bfloat16")  # compute dtypes; params stay float32
 SCHEDULES = ("constant", "cosine", "onecycle")  # see training.optim.make_schedule
-TTAS = ("none", "flip")  # test-time augmentation: see training.steps.predict
+TTAS = ("none", "flip", "flip-shift")  # test-time augmentation: see training.steps.tta_views
 # What a run's images are: Fashion-MNIST (what `vggjax train` trains on, scaled to [0, 1])
 # or ImageNet (converted torchvision weights: RGB, torchvision's mean/std).
 DATASETS = ("fashion-mnist", "imagenet")
@@ -111,7 +111,9 @@ class TrainConfig:
     flip: bool = option(False, "random horizontal flip of training images (p 0.5)")
     erase: float = option(0.0, "probability of random erasing (one zeroed rectangle per image)", metavar="P")
     ema: float = option(0.0, "decay of an EMA of the weights that evaluation and weights/ use; 0 is off")
-    tta: str = option("none", "evaluation of each image alone or averaged with its mirror", choices=TTAS)
+    tta: str = option(
+        "none", "evaluation of each image alone, with its mirror, or also both shifted 1 px", choices=TTAS
+    )
     seed: int = option(0, "seeds init, data order, dropout and augmentation; in [0, 2**32)")
     data_dir: str | None = option(None, "folder with the four Fashion-MNIST IDX files (default: searched)")
     verify_data: bool = option(
@@ -291,6 +293,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 TrainConfig.__doc__ += "\n    Attributes:\n" + "".join(
     f"      {f.name}: {f.metadata['help']} (default {f.default!r}).\n" for f in _FIELDS.values()
 )
+
 
 def add_flags(p: argparse.ArgumentParser, names: Sequence[str] | None = None, **defaults: Any) -> None:
     """Adds one ``--flag`` per :class:`TrainConfig` field to an argparse parser, from the field's metadata.

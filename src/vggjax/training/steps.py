@@ -16,6 +16,7 @@ import optax
 from flax import linen as nn
 from flax.training import train_state
 
+from vggjax.config import TTAS
 from vggjax.errors import DataError
 from vggjax.preprocessing import PREPROCESSING, Preprocessing
 from vggjax.training.augment import Augment, augment
@@ -130,24 +131,44 @@ def update_ema(ema: dict, variables: dict, decay: float, step: jax.Array) -> dic
     return optax.incremental_update(variables, ema, rate)
 
 
+def tta_views(x: jax.Array, tta: str) -> list[jax.Array]:
+    """The views of ``float32[B, S, S, C]`` that test-time augmentation ``tta`` scores, each ``x``'s shape.
+
+    ``"none"``: ``[x]``; ``"flip"``: ``x`` and its left-right mirror; ``"flip-shift"``: those
+    two, each also shifted by one pixel down-right and one pixel up-left (the vacated row
+    and column are 0, as the training crops' padding is): six views, Keller Jordan's
+    airbench's mirror-and-translate evaluation.
+
+    Raises:
+      ValueError: for another ``tta`` (:data:`vggjax.config.TTAS`).
+    """
+    if tta not in TTAS:
+        raise ValueError(f"tta must be one of {', '.join(TTAS)}, got {tta!r}")
+    views = [x] if tta == "none" else [x, x[:, :, ::-1]]
+    if tta == "flip-shift":
+        h, w = x.shape[1:3]
+        for v in views[:2]:
+            padded = jnp.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            views += [padded[:, :h, :w], padded[:, 2 : h + 2, 2 : w + 2]]
+    return views
+
+
 def predict(apply_fn: Any, variables: dict, x: jax.Array, tta: str = "none") -> jax.Array:
     """Class scores of inputs ``float32[B, S, S, C]``: ``float32[B, K]`` logits, or log-probabilities.
 
-    ``tta="flip"`` returns ``log((softmax(f(x)) + softmax(f(mirror(x)))) / 2)`` (computed
-    as a logsumexp), the log of the mean probability of each image and its left-right
-    mirror; as logits they give that softmax, its argmax and its cross-entropy.
+    With ``tta="none"`` the model's logits. Otherwise ``log(mean(softmax(f(v))))`` over the
+    views of :func:`tta_views` (computed as a logsumexp): the log of each image's mean
+    probability over its views; as logits they give that softmax, its argmax and its
+    cross-entropy.
 
     Raises:
-      ValueError: for another ``tta`` than ``"none"`` or ``"flip"``.
+      ValueError: for another ``tta`` than those of :data:`vggjax.config.TTAS`.
     """
-    logits = apply_fn(variables, x, train=False)
-    if tta == "none":
-        return logits
-    if tta != "flip":
-        raise ValueError(f"tta must be 'none' or 'flip', got {tta!r}")
-    mirrored = apply_fn(variables, x[:, :, ::-1], train=False)
-    both = jnp.stack([jax.nn.log_softmax(z.astype(jnp.float32)) for z in (logits, mirrored)])
-    return jax.nn.logsumexp(both, axis=0) - jnp.log(2.0)
+    views = tta_views(x, tta)
+    if len(views) == 1:
+        return apply_fn(variables, x, train=False)
+    scores = [jax.nn.log_softmax(apply_fn(variables, v, train=False).astype(jnp.float32)) for v in views]
+    return jax.nn.logsumexp(jnp.stack(scores), axis=0) - jnp.log(float(len(views)))
 
 
 def train_step(
