@@ -134,23 +134,23 @@ def update_ema(ema: dict, variables: dict, decay: float, step: jax.Array) -> dic
 def tta_views(x: jax.Array, tta: str) -> list[jax.Array]:
     """The views of ``float32[B, S, S, C]`` that test-time augmentation ``tta`` scores, each ``x``'s shape.
 
-    ``"none"``: ``[x]``; ``"flip"``: ``x`` and its left-right mirror; ``"flip-shift"``: those
-    two, each also shifted by one pixel down-right and one pixel up-left (the vacated row
-    and column are 0, as the training crops' padding is): six views, Keller Jordan's
-    airbench's mirror-and-translate evaluation.
+    ``"none"``: ``[x]``; ``"flip"``: ``x`` and its left-right mirror; ``"flip-shift"``: ``x``
+    shifted by one pixel down-right and by one pixel up-left (the vacated row and column are
+    0, as the training crops' padding is), and the mirrors of those three: six views, the
+    mirror-and-translate evaluation of Keller Jordan's airbench (``infer_mirror_translate``),
+    with equal weights.
 
     Raises:
       ValueError: for another ``tta`` (:data:`vggjax.config.TTAS`).
     """
     if tta not in TTAS:
         raise ValueError(f"tta must be one of {', '.join(TTAS)}, got {tta!r}")
-    views = [x] if tta == "none" else [x, x[:, :, ::-1]]
+    views = [x]
     if tta == "flip-shift":
         h, w = x.shape[1:3]
-        for v in views[:2]:
-            padded = jnp.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0)))
-            views += [padded[:, :h, :w], padded[:, 2 : h + 2, 2 : w + 2]]
-    return views
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        views += [padded[:, :h, :w], padded[:, 2 : h + 2, 2 : w + 2]]
+    return views if tta == "none" else views + [v[:, :, ::-1] for v in views]
 
 
 def predict(apply_fn: Any, variables: dict, x: jax.Array, tta: str = "none") -> jax.Array:
