@@ -93,7 +93,7 @@ def _eval_parser(sub) -> None:
     p.add_argument(
         "--tta",
         choices=TTAS,
-        help="flip: mean softmax of image, mirror; flip-shift: both also shifted 1 px (default: the run's)",
+        help="flip: mean softmax of image, mirror; flip-shift: 6 views, also ±1 px shifts (default: run's)",
     )
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     add_flags(p, ("verify_data",), verify_data=True)

@@ -112,7 +112,9 @@ class TrainConfig:
     erase: float = option(0.0, "probability of random erasing (one zeroed rectangle per image)", metavar="P")
     ema: float = option(0.0, "decay of an EMA of the weights that evaluation and weights/ use; 0 is off")
     tta: str = option(
-        "none", "evaluation of each image alone, with its mirror, or also both shifted 1 px", choices=TTAS
+        "none",
+        "evaluation of each image alone, with its mirror, or also shifted ±1 px diagonally and mirrored",
+        choices=TTAS,
     )
     seed: int = option(0, "seeds init, data order, dropout and augmentation; in [0, 2**32)")
     data_dir: str | None = option(None, "folder with the four Fashion-MNIST IDX files (default: searched)")

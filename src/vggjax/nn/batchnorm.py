@@ -83,7 +83,8 @@ class BatchNorm(nn.Module):
     Attributes:
       momentum: running averages become ``momentum · old + (1 − momentum) · batch``.
       epsilon: added to the variance.
-      dtype: output dtype; statistics and normalisation are computed in float32.
+      dtype: output dtype (None: ``x``'s promoted with the float32 params, as Flax does);
+        statistics and normalisation are computed in float32.
 
     ``__call__(x, use_running_average)`` takes ``float32[..., C]`` and returns its shape:
     with ``use_running_average`` it normalises by ``batch_stats``; otherwise by the batch's
@@ -112,4 +113,4 @@ class BatchNorm(nn.Module):
             if not self.is_initializing():
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-        return y.astype(self.dtype or x.dtype)
+        return y.astype(self.dtype or jnp.result_type(x, jnp.float32))

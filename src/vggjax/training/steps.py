@@ -132,13 +132,14 @@ def update_ema(ema: dict, variables: dict, decay: float, step: jax.Array) -> dic
 
 
 def tta_views(x: jax.Array, tta: str) -> list[jax.Array]:
-    """The views of ``float32[B, S, S, C]`` that test-time augmentation ``tta`` scores, each ``x``'s shape.
+    """The views of ``float32[B, H, W, C]`` that test-time augmentation ``tta`` scores, each ``x``'s shape.
 
     ``"none"``: ``[x]``; ``"flip"``: ``x`` and its left-right mirror; ``"flip-shift"``: ``x``
     shifted by one pixel down-right and by one pixel up-left (the vacated row and column are
-    0, as the training crops' padding is), and the mirrors of those three: six views, the
-    mirror-and-translate evaluation of Keller Jordan's airbench (``infer_mirror_translate``),
-    with equal weights.
+    0, as the training crops' padding is), and the mirrors of those three: the six views of
+    Keller Jordan's airbench (``infer_mirror_translate``), which pads by reflection, weights
+    the views ¼, ¼, ⅛ × 4 and averages logits; :func:`predict` averages probabilities with
+    equal weights.
 
     Raises:
       ValueError: for another ``tta`` (:data:`vggjax.config.TTAS`).
@@ -154,7 +155,7 @@ def tta_views(x: jax.Array, tta: str) -> list[jax.Array]:
 
 
 def predict(apply_fn: Any, variables: dict, x: jax.Array, tta: str = "none") -> jax.Array:
-    """Class scores of inputs ``float32[B, S, S, C]``: ``float32[B, K]`` logits, or log-probabilities.
+    """Class scores of inputs ``float32[B, H, W, C]``: ``float32[B, K]`` logits, or log-probabilities.
 
     With ``tta="none"`` the model's logits. Otherwise ``log(mean(softmax(f(v))))`` over the
     views of :func:`tta_views` (computed as a logsumexp): the log of each image's mean
