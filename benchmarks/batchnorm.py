@@ -12,14 +12,13 @@ and the bias, in training mode (batch statistics updated), median of 5 runs of 2
 
 from __future__ import annotations
 
-import statistics
 import subprocess
-import time
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from vggjax.bench import median_rate
 from vggjax.nn.batchnorm import BatchNorm
 
 # (preset, side, channels) of every BatchNorm layer
@@ -55,16 +54,15 @@ def layer_gradient(module: nn.Module, shape: tuple[int, ...]):
 
 
 def milliseconds(fn, args, calls: int = 20, repeats: int = 5) -> float:
-    """Median milliseconds per call of ``fn(*args)``, after one warm-up call."""
+    """Median milliseconds per call of ``fn(*args)`` over ``repeats`` runs of ``calls``, after a warm-up."""
     jax.block_until_ready(fn(*args))
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def run() -> None:
         for _ in range(calls):
             out = fn(*args)
         jax.block_until_ready(out)
-        runs.append((time.perf_counter() - start) / calls * 1e3)
-    return statistics.median(runs)
+
+    return 1e3 / median_rate(run, items=calls, repeats=repeats)
 
 
 def main() -> None:
