@@ -222,27 +222,31 @@ def test_train_step_augments_from_the_step_key_only():
 
 
 @pytest.mark.slow
-def test_ema_weights_are_what_eval_scores_when_the_run_used_ema(tmp_path):
+def test_eval_scores_the_ema_weights_and_only_the_last_epoch_averages_the_tta_views(tmp_path):
     config = tiny_config(
         arch="vgg11_bn",
-        limit_train=512,
+        limit_train=1024,
         limit_test=200,
+        val_size=1000,
         batch_size=32,
-        epochs=1,
+        epochs=2,
         ema=0.9,
         crop_pad=2,
         flip=True,
+        tta="flip-shift",
     )
     run_dir = tmp_path / "run"
     train_and_evaluate(config, run_dir, progress=False, log=lambda s: None)
     with RunCheckpoints(run_dir / "checkpoints") as ckpts:
         saved = ckpts.read()["state"]
+        selected = ckpts.val_acc(ckpts.latest_step())
     weights, ema = load_variables(run_dir / "weights"), saved["ema"]
     for x, y in zip(jax.tree.leaves(weights), jax.tree.leaves(ema), strict=True):
         np.testing.assert_array_equal(x, y)  # weights/ holds the checkpoint's EMA (params and batch_stats)
-    last = read_jsonl(run_dir / "metrics.jsonl")[-1]
+    first, last = read_jsonl(run_dir / "metrics.jsonl")
     report = evaluate_run(run_dir, limit_test=200, batch_size=100, num_mistakes=0)
-    # The run scores the test split once, at the end, on the weights it saves: eval must agree.
+    # The run scores the test split once, at the end, on the weights it saves, with its --tta:
+    # eval must agree.
     assert report["acc"] == pytest.approx(last["test_acc"], abs=1e-9)
     assert report["loss"] == pytest.approx(last["test_loss"], rel=1e-4)
     # The raw weights score otherwise: the run's scoring and eval did use the EMA.
@@ -251,8 +255,17 @@ def test_ema_weights_are_what_eval_scores_when_the_run_used_ema(tmp_path):
         run_dir, checkpoint_dir=tmp_path / "raw", limit_test=200, batch_size=100, num_mistakes=0
     )
     assert abs(raw["loss"] - last["test_loss"]) > 1e-3, (raw["loss"], last["test_loss"])
-    flip = evaluate_run(run_dir, limit_test=200, batch_size=100, num_mistakes=0, tta="flip")
-    assert flip["loss"] != report["loss"] and flip["count"] == 200
+    plain = evaluate_run(run_dir, limit_test=200, batch_size=100, num_mistakes=0, tta="none")
+    assert plain["loss"] != report["loss"] and plain["count"] == 200
+    # Only the last epoch's validation averages the views (its record says so); the best
+    # checkpoint is selected on the plain images, as every earlier epoch was scored.
+    assert "tta" not in first and last["tta"] == "flip-shift"
+    val_flip = evaluate_run(run_dir, split="val", batch_size=100, num_mistakes=0)
+    val_plain = evaluate_run(run_dir, split="val", batch_size=100, num_mistakes=0, tta="none")
+    assert last["val_loss"] == pytest.approx(val_flip["loss"], rel=1e-4) and val_flip["count"] == 1000
+    assert abs(val_plain["loss"] - val_flip["loss"]) > 1e-4
+    assert val_plain["acc"] != val_flip["acc"]  # else the next line could not tell them apart
+    assert selected == pytest.approx(val_plain["acc"], abs=1e-9)
 
 
 def test_eval_refuses_an_unknown_tta_before_reading_anything(tmp_path):

@@ -119,14 +119,17 @@ def test_the_test_split_is_read_only_at_the_end(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_eval_test_every_epoch_scores_test_each_epoch(tmp_path, monkeypatch):
+def test_every_epoch_flags_score_test_and_average_the_tta_views_each_epoch(tmp_path, monkeypatch):
     events, log = recording(monkeypatch)
-    config = dataclasses.replace(RUN, eval_test_every_epoch=True)
+    config = dataclasses.replace(RUN, eval_test_every_epoch=True, tta="flip", tta_every_epoch=True)
     train_and_evaluate(config, tmp_path / "run", progress=False, log=log)
     assert test_images_read(events, before="epoch 1/2") == [1, 64]  # loaded once, before epoch 1 ends
     assert test_images_read(events) == [1, 64]
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert all({"val_acc", "test_acc", "test_loss", "test_acc5"} <= set(r) for r in records)
+    assert [r["tta"] for r in records] == ["flip", "flip"]
+    epoch_lines = [e[1] for e in events if e[0] == "log" and e[1].startswith("epoch ")]
+    assert len(epoch_lines) == 2 and all(" (--tta flip), " in line for line in epoch_lines), epoch_lines
 
 
 @pytest.mark.slow

@@ -113,8 +113,12 @@ class TrainConfig:
     ema: float = option(0.0, "decay of an EMA of the weights that evaluation and weights/ use; 0 is off")
     tta: str = option(
         "none",
-        "evaluation of each image alone, with its mirror, or also shifted ±1 px diagonally and mirrored",
+        "scoring of the final weights (last validation, test, eval) on each image alone, with its "
+        "mirror, or also shifted ±1 px diagonally and mirrored",
         choices=TTAS,
+    )
+    tta_every_epoch: bool = option(
+        False, "average the --tta views in every epoch's validation too (by default only the last's)"
     )
     seed: int = option(0, "seeds init, data order, dropout and augmentation; in [0, 2**32)")
     data_dir: str | None = option(None, "folder with the four Fashion-MNIST IDX files (default: searched)")

@@ -239,6 +239,11 @@ class RunCheckpoints:
             records=meta["records"],
         )
 
+    def val_acc(self, step: int) -> float | None:
+        """The validation accuracy stored with ``step``'s end-of-epoch checkpoint (what ``best_step``
+        compares); None for a step checkpoint or an unknown step."""
+        return (self._manager.metrics(step) or {}).get("val_acc")
+
     def meta(self, step: int | None = None) -> dict[str, Any] | None:
         """The newest (or ``step``'s) checkpoint's ``meta`` item alone; None if there is no checkpoint.
 

@@ -24,7 +24,7 @@ PICTURES = (
     (RunDir.MISTAKES, "Most confident mistakes"),
 )
 METRIC_COLUMNS = (
-    "epoch", "step", "train_loss", "train_acc", *fields("val"), *fields("test"), "seconds",
+    "epoch", "step", "train_loss", "train_acc", *fields("val"), *fields("test"), "tta", "seconds",
     "train_images_per_s",
 )  # fmt: skip
 STYLE = """

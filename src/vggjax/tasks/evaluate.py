@@ -103,7 +103,7 @@ def evaluate_run(
       num_mistakes: at most this many misclassified images in ``mistakes.png``.
       verify_data: check the files' SHA-256 as they are read (see ``data.load_split``).
       split: ``"test"`` or ``"val"``.
-      tta: ``"none"`` or ``"flip"`` (mean softmax of each image and its mirror); None: the run's ``tta``.
+      tta: one of ``config.TTAS`` (:func:`vggjax.training.steps.tta_views`); None: the run's ``tta``.
 
     Returns:
       :func:`classification_report` plus ``"run"``, ``"weights"`` (the paths used) and ``"split"``.

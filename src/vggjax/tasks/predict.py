@@ -159,7 +159,7 @@ def predict_logits(
       images: ``uint8[N, H, W, C]`` as :func:`vggjax.data.images.load_image` makes them
         (Fashion-MNIST: 28×28 grey, light object on black; ImageNet: 224×224 RGB).
       batch_size: images per device call.
-      tta: ``"none"`` or ``"flip"`` (:func:`vggjax.training.steps.predict`); None takes the run's ``tta``.
+      tta: one of ``config.TTAS`` (:func:`vggjax.training.steps.predict`); None takes the run's ``tta``.
 
     Returns:
       ``float32[N, num_classes]`` logits (with ``"flip"``, the log of the mean softmax).

@@ -74,7 +74,10 @@ class Trainer:
     Attributes:
       config: the run's config.
       train_fn: jitted ``train_step(state, batch, rng) -> (state, metrics)``.
-      eval_fn: jitted ``eval_step(state, batch) -> sums``.
+      eval_fn: jitted ``eval_step(state, batch) -> sums``, the validation after each epoch.
+      final_eval_fn: the same with the run's ``tta`` views, which score the final weights: the last
+        epoch's splits and the test split at the end (the record then holds ``"tta"``). It is
+        ``eval_fn`` itself when the two are the same.
       train_ds: ``{"image": uint8[N, 28, 28, 1], "label": int32[N]}``.
       evals: the splits scored after every epoch, by record prefix (``"val"``, ``"test"``), each
         a loader of a dataset like ``train_ds``; the first one picks the best checkpoint.
@@ -95,6 +98,7 @@ class Trainer:
     config: TrainConfig
     train_fn: Callable
     eval_fn: Callable
+    final_eval_fn: Callable
     train_ds: dict
     evals: dict[str, Callable[[], dict]]
     rng: jax.Array
@@ -194,25 +198,30 @@ class Trainer:
         train_seconds = time.perf_counter() - began
         means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(metrics))
         scored = {split: self._evaluate(state, load) for split, load in self.evals.items()}
+        selected = scored[next(iter(scored))]["acc"]  # stored as the checkpoint's "val_acc" (the best)
+        views = self._views(epoch)
+        if views != "none" and self.final_eval_fn is not self.eval_fn:  # the last epoch: score with tta too
+            scored = {s: self._evaluate(state, load, self.final_eval_fn) for s, load in self.evals.items()}
         record = {
             "epoch": epoch,
             "step": epoch * self.steps_per_epoch,
             "train_loss": means["loss"],
             "train_acc": means["accuracy"],
             **{k: v for split, r in scored.items() for k, v in scores(split, r).items()},
+            **({"tta": views} if views != "none" else {}),
             "seconds": round(time.perf_counter() - began, 3),
             "train_images_per_s": round(steps_run * self.config.batch_size / train_seconds, 1),
         }
         self.records.append(record)
         self._write(record)
         said = "".join(f", {s} loss {r['loss']:.4f}, {s} acc {r['acc']:.4f}" for s, r in scored.items())
+        said += f" (--tta {views})" if views != "none" else ""
         self.log(
             f"epoch {epoch}/{self.config.epochs}: train loss {record['train_loss']:.4f}{said}, "
             f"{record['seconds']:.1f} s"
         )
         if epoch == 1:
             warn_if_stuck(record["train_loss"], data.NUM_CLASSES, self.log)
-        selected = scored[next(iter(scored))]["acc"]  # stored as the checkpoint's "val_acc" (the best)
         self._save(state, Position(epoch + 1, 0), [], val_acc=selected)
         return record
 
@@ -226,17 +235,26 @@ class Trainer:
         if "test_acc" in self.records[-1]:
             return self.records[-1]
         test = load_test()
-        result = self._evaluate(state, lambda: test)
+        result = self._evaluate(state, lambda: test, self.final_eval_fn)
+        views = f", --tta {self.config.tta}" if self.config.tta != "none" else ""
         self.records[-1] = last = {**self.records[-1], **scores("test", result)}
         self._write(last, only=fields("test"))
         self.log(
             f"test loss {result['loss']:.4f}, test acc {result['acc']:.4f}, test acc5 {result['acc5']:.4f} "
-            f"({len(test['label'])} test images, the final weights)"
+            f"({len(test['label'])} test images, the final weights{views})"
         )
         return last
 
-    def _evaluate(self, state: TrainState, load: Callable[[], dict]) -> dict[str, float]:
-        return evaluate(self.eval_fn, state, load(), self.config.eval_batch_size, self.batch_sharding)
+    def _evaluate(self, state: TrainState, load: Callable[[], dict], fn: Callable | None = None) -> dict:
+        """``load()``'s scores by ``fn`` (default ``eval_fn``): ``{"loss", "acc", "acc5"}``."""
+        fn = self.eval_fn if fn is None else fn
+        return evaluate(fn, state, load(), self.config.eval_batch_size, self.batch_sharding)
+
+    def _views(self, epoch: int) -> str:
+        """The ``tta`` of the scores recorded for ``epoch``: the run's on the last epoch or with
+        ``tta_every_epoch``, else ``"none"`` (selection always uses the ``eval_fn`` scores)."""
+        last = epoch == self.config.epochs or self.final_eval_fn is self.eval_fn
+        return self.config.tta if last else "none"
 
     def _write(self, record: dict, only: tuple[str, ...] | None = None) -> None:
         """Writes ``metrics.jsonl``, ``record``'s TensorBoard scalars (or its ``only`` ones), the curves."""

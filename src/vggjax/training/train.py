@@ -58,7 +58,10 @@ class Steps:
       init_rng, dropout_rng: the init key and the run's base dropout key, split from ``config.seed``.
       train_fn: ``train_step(state, batch, rng) -> (state, metrics)``, jitted: state replicated
         and donated, batch split over the mesh.
-      eval_fn: ``eval_step(state, batch) -> sums``, jitted, sums replicated.
+      eval_fn: ``eval_step(state, batch) -> sums``, jitted, sums replicated: the validation after
+        each epoch, on the plain images (with ``config.tta``'s views if ``tta_every_epoch``).
+      final_eval_fn: the same with ``config.tta``'s views, which score the final weights (the last
+        epoch's validation and the test split); ``eval_fn`` itself when the two are the same.
       replicated, batch_sharding: the state's and a global batch's shardings.
     """
 
@@ -68,6 +71,7 @@ class Steps:
     dropout_rng: jax.Array
     train_fn: Callable
     eval_fn: Callable
+    final_eval_fn: Callable
     replicated: jax.sharding.NamedSharding
     batch_sharding: jax.sharding.NamedSharding
 
@@ -106,9 +110,13 @@ def build_step(config: TrainConfig, mesh: jax.sharding.Mesh, steps_per_epoch: in
         out_shardings=rep,
         donate_argnums=0,
     )
-    evaluate_fn = functools.partial(eval_step, image_size=config.image_size, tta=config.tta)
-    eval_fn = jax.jit(evaluate_fn, out_shardings=rep)
-    return Steps(model, init, init_rng, dropout_rng, train_fn, eval_fn, rep, split)
+
+    def jit_eval(tta: str) -> Callable:
+        return jax.jit(functools.partial(eval_step, image_size=config.image_size, tta=tta), out_shardings=rep)
+
+    final_eval_fn = jit_eval(config.tta)
+    eval_fn = final_eval_fn if config.tta_every_epoch or config.tta == "none" else jit_eval("none")
+    return Steps(model, init, init_rng, dropout_rng, train_fn, eval_fn, final_eval_fn, rep, split)
 
 
 def train_and_evaluate(
@@ -232,6 +240,7 @@ def train_and_evaluate(
             config=config,
             train_fn=built.train_fn,
             eval_fn=built.eval_fn,
+            final_eval_fn=built.final_eval_fn,
             train_ds=inputs.train,
             evals=inputs.evals,
             rng=dropout_rng,
