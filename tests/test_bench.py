@@ -41,7 +41,14 @@ def test_bench_step_is_trains_step(tmp_path):
     # state (key 0) and a one-device step, so it timed something `vggjax train` never runs.
     # Two steps of bench on train's images must end bitwise where a real run's two steps end.
     config = TrainConfig(
-        width=0.125, hidden=32, batch_size=16, epochs=1, lr=0.2, limit_train=32, limit_test=16, seed=3,
+        width=0.125,
+        hidden=32,
+        batch_size=16,
+        epochs=1,
+        lr=0.2,
+        limit_train=32,
+        limit_test=16,
+        seed=3,
         val_size=0,  # train on the first 32 images, the ones bench is given below
     )
     train_and_evaluate(config, tmp_path / "run", progress=False, log=lambda s: None)

@@ -143,9 +143,7 @@ def test_init_from_must_keep_the_network(small):
     assert (config.arch, config.width, config.head, config.hidden) == ("vgg11_bn", 0.125, "adaptive", 64)
     assert (config.channels, config.num_classes, config.dataset) == (1, 10, "fashion-mnist")
     with pytest.raises(ConfigError, match="--arch 'vgg16' differs from the --init-from run's 'vgg11_bn'"):
-        check_same_model(
-            tiny_config(arch="vgg16", head="adaptive"), source
-        )
+        check_same_model(tiny_config(arch="vgg16", head="adaptive"), source)
     with pytest.raises(CheckpointError, match="not a vggjax run folder"):
         RunDir(root).config()
 

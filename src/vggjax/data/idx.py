@@ -176,4 +176,3 @@ def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
             f"{dims} = {expected} data bytes but the file holds {got}; {_REPLACE}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims).copy()
-

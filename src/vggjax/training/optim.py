@@ -34,6 +34,7 @@ def make_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
         else:
             decay = optax.constant_schedule(config.lr)
         schedule = optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), decay], [warmup])
+
     # optax mixes the int32 count with Python floats (and its one-cycle, bools with float32),
     # which strict dtype promotion refuses; a float32 count gives the same values.
     def learning_rate(count):
