@@ -6,7 +6,8 @@ import pytest
 from vggjax.config import TrainConfig
 from vggjax.errors import ArchError, ConfigError
 from vggjax.presets import PRESETS
-from vggjax.training.train import _warn_if_stuck, train_and_evaluate
+from vggjax.training.guards import warn_if_stuck
+from vggjax.training.train import train_and_evaluate
 
 SMALL = TrainConfig(
     limit_train=2000,
@@ -47,9 +48,9 @@ def test_refuses_non_empty_out(tmp_path):
 def test_stuck_warning():
     lines = []
     with pytest.warns(RuntimeWarning, match="stuck"):
-        _warn_if_stuck(math.log(10) + 0.001, 10, lines.append)
+        warn_if_stuck(math.log(10) + 0.001, 10, lines.append)
     assert "ln(10)" in lines[0]
-    _warn_if_stuck(1.2, 10, lines.append)
+    warn_if_stuck(1.2, 10, lines.append)
     assert len(lines) == 1
 
 

@@ -23,19 +23,17 @@ import itertools
 import math
 import signal
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from tqdm.auto import tqdm
 
 from vggjax import data
 from vggjax.config import TrainConfig
-from vggjax.errors import DivergedError, Interrupted
+from vggjax.errors import Interrupted
 from vggjax.run.checkpoint import RunCheckpoints
 from vggjax.run.files import write_jsonl
 from vggjax.run.folder import RunDir
@@ -44,11 +42,11 @@ from vggjax.run.metrics import LOG_EVERY, MetricsWriter
 from vggjax.run.plots import plot_curves
 from vggjax.run.records import fields, scores
 from vggjax.training import parallel
+from vggjax.training.guards import all_finite, diverged, warn_if_stuck
 from vggjax.training.signals import stop_signals
 from vggjax.training.steps import TrainState
 
 SYNC_EVERY = LOG_EVERY  # steps between host syncs (progress, TensorBoard, NaN/Inf check)
-STUCK_TOLERANCE = 0.02  # a first-epoch loss within this of ln(classes) means no learning
 TIMING_FIELDS = ("seconds", "train_images_per_s")  # the record fields that vary run to run
 
 
@@ -276,23 +274,12 @@ class Trainer:
                 self._diverged(step, f"loss {loss:.4g}, gradient norm {grad_norm:.4g}")
 
     def _diverged(self, step: int, what: str) -> None:
-        self.checkpoints.wait()
-        epoch, batch = divmod(step - 1, self.steps_per_epoch)
-        latest = self.checkpoints.latest_step()
-        kept = (
-            f"the last good checkpoint, step {latest}, is kept in {self.checkpoints.directory}"
-            if latest is not None
-            else "no checkpoint had been saved yet"
-        )
-        raise DivergedError(
-            f"training diverged at step {step} (epoch {epoch + 1}, batch {batch + 1}): {what} "
-            f"at learning rate {float(self.schedule(step - 1)):.6g}; lower --lr (or add --warmup-epochs) "
-            f"and train again; {kept}"
-        )
+        lr = float(self.schedule(step - 1))
+        raise diverged(step, what, steps_per_epoch=self.steps_per_epoch, lr=lr, checkpoints=self.checkpoints)
 
     def _save(self, state, position: Position, partial: list[dict], val_acc: float | None = None) -> None:
         """Saves a checkpoint, unless the update that made ``state`` left non-finite params."""
-        if not bool(_all_finite(state.params)):
+        if not bool(all_finite(state.params)):
             self._diverged(int(state.step), "non-finite parameters after the update")
         self.checkpoints.save(
             state,
@@ -311,20 +298,3 @@ class Trainer:
             f"saved in {self.checkpoints.directory}; resume with: vggjax train --resume {self.run_dir}",
             self._stop.signum,
         )
-
-
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def warn_if_stuck(train_loss: float, num_classes: int, log: Callable[[str], None]) -> None:
-    """Warns (and logs) when the epoch-1 loss is still ln(classes), the loss of a uniform guess."""
-    chance = math.log(num_classes)
-    if abs(train_loss - chance) < STUCK_TOLERANCE:
-        message = (
-            f"training looks stuck: the epoch-1 loss {train_loss:.4f} is still ln({num_classes}) = "
-            f"{chance:.4f}, the loss of a uniform guess; try another --lr or --init"
-        )
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
-        log(f"warning: {message}")

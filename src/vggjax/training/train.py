@@ -39,13 +39,12 @@ from vggjax.run.resume import already_complete, check_same_model
 from vggjax.training import parallel
 from vggjax.training.augment import Augment
 from vggjax.training.inputs import load_run_data
-from vggjax.training.loop import Trainer, evaluate, warn_if_stuck
+from vggjax.training.loop import Trainer, evaluate
 from vggjax.training.memory import check_memory
 from vggjax.training.optim import make_optimizer, make_schedule
 from vggjax.training.steps import TrainState, create_train_state, eval_step, train_step
 
 __all__ = ["describe", "evaluate", "train_and_evaluate"]
-_warn_if_stuck = warn_if_stuck  # its earlier name
 
 
 @dataclasses.dataclass(frozen=True)
