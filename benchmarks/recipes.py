@@ -141,7 +141,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.plot(range(1, len(r["curve"]) + 1), r["curve"], color=colour, alpha=0.8, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
-    ax.set_ylim(0.80, 0.97)
+    ax.set_ylim(0.75, 0.97)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(title="preset")
